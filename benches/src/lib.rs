@@ -1,0 +1,4 @@
+//! The `ditcache` command-line tool's library: parity replay, model presets, and the backend of this build.
+
+pub mod backend;
+pub mod parity;

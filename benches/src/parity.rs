@@ -1,0 +1,208 @@
+//! Replays parity cases (format: `shared/design/parity-cases.md`) and compares with what diffusers computed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{backend::Backend, Tensor};
+use cache_core::{Branch, CallContext, Identity, StepContext};
+use models::weights::read_safetensors;
+use models::{
+    denoise, CogVideoXDDIMScheduler, CogVideoXDDIMSchedulerConfig, CogVideoXTransformer3DModel, DenoiseInput,
+    DenoiseOptions, ForwardInput, HostTensor,
+};
+use serde::{Deserialize, Serialize};
+
+/// `case.json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CaseSpec {
+    /// `forward` or `denoise`.
+    pub kind: String,
+    /// Denoise only.
+    pub num_inference_steps: Option<usize>,
+    /// Denoise only.
+    pub guidance_scale: Option<f64>,
+    /// The cache strategy, or null.
+    #[serde(default)]
+    pub cache: Option<serde_json::Value>,
+    /// `{"rel_l2": ...}`.
+    pub tolerance: Tolerance,
+}
+
+/// The tolerance of a case.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Tolerance {
+    /// Bound on `||ours - ref|| / ||ref||`.
+    pub rel_l2: f64,
+}
+
+/// One case's result: the JSON line `ditcache parity` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseReport {
+    /// The case directory's name.
+    pub case: String,
+    /// `forward` / `denoise` (or `unknown` when the case could not be read).
+    pub kind: String,
+    /// Relative L2 error of the compared tensor.
+    pub rel_l2: Option<f64>,
+    /// The case's bound.
+    pub tolerance: Option<f64>,
+    /// Whether the cache decisions equal `trace.json`'s; null when the case has no decisions to compare.
+    pub decisions_match: Option<bool>,
+    /// Whether the case passed.
+    pub pass: bool,
+    /// Why the case failed without a number, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `||a - b|| / ||b||` over all elements.
+pub fn rel_l2(ours: &[f32], reference: &[f32]) -> f64 {
+    let (mut num, mut den) = (0f64, 0f64);
+    for (a, b) in ours.iter().zip(reference) {
+        num += (*a as f64 - *b as f64).powi(2);
+        den += (*b as f64).powi(2);
+    }
+    if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    }
+}
+
+/// Expands the arguments: a case directory (holding `case.json`) stays, a directory of cases gives its cases.
+pub fn expand_case_dirs(args: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for a in args {
+        if a.join("case.json").exists() || !a.is_dir() {
+            out.push(a.clone());
+            continue;
+        }
+        let mut subs: Vec<PathBuf> = std::fs::read_dir(a)
+            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("case.json").exists()).collect())
+            .unwrap_or_default();
+        if subs.is_empty() {
+            out.push(a.clone());
+        }
+        subs.sort();
+        out.extend(subs);
+    }
+    out
+}
+
+/// Runs one case; never panics on a bad case, reporting the reason instead.
+pub fn run_case<B: Backend>(dir: &Path, device: &B::Device) -> CaseReport {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| dir.display().to_string());
+    match try_run_case::<B>(dir, device) {
+        Ok((kind, err, tol, decisions_match)) => CaseReport {
+            case: name,
+            kind,
+            rel_l2: Some(err),
+            tolerance: Some(tol),
+            decisions_match,
+            pass: err <= tol && decisions_match != Some(false),
+            error: None,
+        },
+        Err(e) => CaseReport {
+            case: name,
+            kind: "unknown".into(),
+            rel_l2: None,
+            tolerance: None,
+            decisions_match: None,
+            pass: false,
+            error: Some(e),
+        },
+    }
+}
+
+type Outcome = (String, f64, f64, Option<bool>);
+
+fn try_run_case<B: Backend>(dir: &Path, device: &B::Device) -> Result<Outcome, String> {
+    let spec_path = dir.join("case.json");
+    let text = std::fs::read_to_string(&spec_path).map_err(|e| format!("cannot read {}: {e}", spec_path.display()))?;
+    let spec: CaseSpec = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", spec_path.display()))?;
+    let tensors = read_safetensors(&dir.join("case.safetensors")).map_err(|e| e.to_string())?;
+    let model = CogVideoXTransformer3DModel::<B>::from_pretrained(&dir.join("transformer"), device)
+        .map_err(|e| e.to_string())?;
+    let tol = spec.tolerance.rel_l2;
+    match spec.kind.as_str() {
+        "forward" => {
+            let err = run_forward(&model, &tensors, device)?;
+            Ok((spec.kind, err, tol, None))
+        }
+        "denoise" => {
+            if spec.cache.as_ref().is_some_and(|c| !c.is_null()) {
+                return Err("cache strategies are not implemented yet".into());
+            }
+            let err = run_denoise(&model, dir, &spec, &tensors, device)?;
+            Ok((spec.kind, err, tol, None))
+        }
+        other => Err(format!("unknown case kind {other:?}")),
+    }
+}
+
+fn take<'a>(tensors: &'a BTreeMap<String, HostTensor>, name: &str) -> Result<&'a HostTensor, String> {
+    tensors.get(name).ok_or_else(|| format!("case.safetensors has no `{name}`"))
+}
+
+fn run_forward<B: Backend>(
+    model: &CogVideoXTransformer3DModel<B>,
+    tensors: &BTreeMap<String, HostTensor>,
+    device: &B::Device,
+) -> Result<f64, String> {
+    let hidden = take(tensors, "hidden_states")?;
+    let expected = take(tensors, "sample")?;
+    let dims: [usize; 5] = hidden.shape.clone().try_into().map_err(|_| "hidden_states must be 5-D".to_string())?;
+    let [b, f, _, h, w] = dims;
+    let input = ForwardInput {
+        hidden_states: hidden.to_tensor::<B, 5>(device),
+        encoder_hidden_states: take(tensors, "encoder_hidden_states")?.to_tensor::<B, 3>(device),
+        timestep: take(tensors, "timestep")?.data.clone(),
+    };
+    let positions = model.positions(f, h, w, device).map_err(|e| e.to_string())?;
+    let ctx = CallContext {
+        step: StepContext { step: 0, num_steps: 1, timestep: input.timestep.first().copied().unwrap_or(0.0) as f64 },
+        branch: Branch::Unguided,
+        batch_size: b,
+    };
+    let out = model.forward(input, &positions, &ctx, &mut Identity).map_err(|e| e.to_string())?;
+    let out = HostTensor::from_tensor(out);
+    if out.shape != expected.shape {
+        return Err(format!("output shape {:?}, expected {:?}", out.shape, expected.shape));
+    }
+    Ok(rel_l2(&out.data, &expected.data))
+}
+
+fn run_denoise<B: Backend>(
+    model: &CogVideoXTransformer3DModel<B>,
+    dir: &Path,
+    spec: &CaseSpec,
+    tensors: &BTreeMap<String, HostTensor>,
+    device: &B::Device,
+) -> Result<f64, String> {
+    let cfg = CogVideoXDDIMSchedulerConfig::from_json_file(&dir.join("scheduler").join("scheduler_config.json"))
+        .map_err(|e| e.to_string())?;
+    let mut scheduler = CogVideoXDDIMScheduler::new(cfg).map_err(|e| e.to_string())?;
+    let steps = spec.num_inference_steps.ok_or("denoise case without num_inference_steps")?;
+    let guidance = spec.guidance_scale.ok_or("denoise case without guidance_scale")?;
+    let expected_t: Vec<i64> = take(tensors, "timesteps")?.data.iter().map(|&v| v as i64).collect();
+    let ours_t = scheduler.set_timesteps(steps).map_err(|e| e.to_string())?.to_vec();
+    if ours_t != expected_t {
+        return Err(format!("timesteps differ: ours {ours_t:?}, diffusers {expected_t:?}"));
+    }
+    let input = DenoiseInput {
+        latents: take(tensors, "latents")?.to_tensor::<B, 5>(device),
+        prompt_embeds: take(tensors, "prompt_embeds")?.to_tensor::<B, 3>(device),
+        negative_prompt_embeds: tensors.get("negative_prompt_embeds").map(|t| t.to_tensor::<B, 3>(device)),
+        num_inference_steps: steps,
+        guidance_scale: guidance,
+    };
+    let expected = take(tensors, "final_latents")?;
+    let out = denoise(model, &mut scheduler, input, &mut Identity, DenoiseOptions::default())
+        .map_err(|e| e.to_string())?;
+    let out: Tensor<B, 5> = out;
+    let out = HostTensor::from_tensor(out);
+    if out.shape != expected.shape {
+        return Err(format!("final latents shape {:?}, expected {:?}", out.shape, expected.shape));
+    }
+    Ok(rel_l2(&out.data, &expected.data))
+}

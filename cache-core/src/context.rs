@@ -1,0 +1,90 @@
+//! What a hook knows about the call it is in.
+
+use std::fmt;
+
+/// One denoising step, as the pipeline sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepContext {
+    /// Index of the step, from 0.
+    pub step: usize,
+    /// Number of steps of the generation.
+    pub num_steps: usize,
+    /// The scheduler's timestep of this step (diffusers' `pipe.current_timestep`).
+    pub timestep: f64,
+}
+
+/// Order of the two halves of a classifier-free-guidance batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CfgOrder {
+    /// `[uncond, cond]`: CogVideoX, Latte and most diffusers pipelines.
+    UncondFirst,
+    /// `[cond, uncond]`: diffusers' DiT pipeline.
+    CondFirst,
+}
+
+/// What the batch of one denoiser call holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Branch {
+    /// Both guidance halves batched together, in the given order.
+    Cfg(CfgOrder),
+    /// The conditional branch alone (a pipeline that runs the halves separately, or a cond-only pass).
+    Cond,
+    /// The unconditional branch alone.
+    Uncond,
+    /// No guidance (guidance scale ≤ 1 or a guidance-distilled model).
+    Unguided,
+}
+
+impl Branch {
+    /// The name of the state context of this branch (diffusers' `cache_context` names).
+    pub fn context_name(&self) -> &'static str {
+        match self {
+            Branch::Cfg(_) => "cond_uncond",
+            Branch::Cond => "cond",
+            Branch::Uncond => "uncond",
+            Branch::Unguided => "unguided",
+        }
+    }
+}
+
+/// Everything a hook is told about the denoiser call it runs in.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CallContext {
+    /// The step.
+    pub step: StepContext,
+    /// What the batch holds *now* (a cond-only pass has `Branch::Cond`).
+    pub branch: Branch,
+    /// The batch size of the tensors now flowing through the model.
+    pub batch_size: usize,
+}
+
+/// Which kind of attention an attention site computes (diffusers' PAB categories).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AttentionKind {
+    /// Self-attention over the tokens of a frame, or over all video tokens (CogVideoX's joint attention).
+    Spatial,
+    /// Self-attention over frames at one spatial position.
+    Temporal,
+    /// Attention from video tokens to text tokens.
+    Cross,
+}
+
+/// One attention module of a model, named like diffusers' module path: `{stack}.{index}.{attn}`
+/// (e.g. `transformer_blocks.3.attn1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AttentionSite {
+    /// The block list the module lives in (`transformer_blocks`, `temporal_transformer_blocks`).
+    pub stack: &'static str,
+    /// Index of the block in that list.
+    pub index: usize,
+    /// The attribute name of the attention module in the block (`attn1`, `attn2`).
+    pub attn: &'static str,
+    /// What it computes.
+    pub kind: AttentionKind,
+}
+
+impl fmt::Display for AttentionSite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.stack, self.index, self.attn)
+    }
+}

@@ -1,0 +1,23 @@
+//! # cache-core
+//!
+//! The contract between a diffusion transformer and a training-free cache engine.
+//!
+//! A model that wants to be accelerated calls a [`CacheStrategy`] at three levels of its forward:
+//!
+//! 1. the **denoiser call** ([`CacheStrategy::begin_forward`] / [`CacheStrategy::end_forward`]): the strategy
+//!    sees the classifier-free-guidance batch and the step, may ask the model to run the conditional half only,
+//!    and rebuilds the whole output (FasterCache's CFG-cache);
+//! 2. the **block stack** ([`CacheStrategy::after_head_block`] / [`CacheStrategy::after_tail_blocks`]): after the
+//!    first block the strategy may decide to skip the rest (First Block Cache);
+//! 3. every **attention site** ([`CacheStrategy::before_attention`] / [`CacheStrategy::after_attention`]):
+//!    the strategy may return a stored or extrapolated output instead of computing one (Pyramid Attention
+//!    Broadcast, FasterCache).
+//!
+//! Every hook receives the [`CallContext`] (step index, number of steps, the scheduler's timestep, what the
+//! batch holds) explicitly: there is no global callback. [`Identity`] does nothing and costs nothing.
+
+mod context;
+mod strategy;
+
+pub use context::{AttentionKind, AttentionSite, Branch, CallContext, CfgOrder, StepContext};
+pub use strategy::{AttentionPlan, BatchPlan, CacheStrategy, Identity, JointStates, TailPlan};

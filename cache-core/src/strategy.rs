@@ -1,0 +1,119 @@
+//! The [`CacheStrategy`] trait and the no-op [`Identity`].
+
+use burn::tensor::{backend::Backend, Tensor};
+
+use crate::context::{AttentionSite, CallContext};
+
+/// The two token streams of a joint-attention transformer: video tokens and text tokens.
+///
+/// # Shapes
+/// - `hidden`: `[batch, video_tokens, dim]`
+/// - `encoder`: `[batch, text_tokens, dim]`
+#[derive(Debug, Clone)]
+pub struct JointStates<B: Backend> {
+    /// Video tokens.
+    pub hidden: Tensor<B, 3>,
+    /// Text tokens.
+    pub encoder: Tensor<B, 3>,
+}
+
+/// What the model runs for one denoiser call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchPlan {
+    /// The whole batch.
+    Full,
+    /// Only the conditional half of a CFG batch; the strategy rebuilds the rest in `end_forward`.
+    CondOnly,
+}
+
+/// What happens to the blocks after the first one.
+#[derive(Debug, Clone)]
+pub enum TailPlan<B: Backend> {
+    /// Run them.
+    Compute,
+    /// Skip them: these are the block stack's outputs.
+    Skip(JointStates<B>),
+}
+
+/// What happens at one attention site.
+#[derive(Debug, Clone)]
+pub enum AttentionPlan<B: Backend> {
+    /// Compute attention.
+    Compute,
+    /// Use this output instead (video stream, text stream).
+    Reuse(JointStates<B>),
+}
+
+/// A training-free cache engine, called by a model at its hook points.
+///
+/// Every method has a default that does nothing, so an engine implements only the levels it uses.
+/// The trait is object safe: `Box<dyn CacheStrategy<B>>` works, and a model's forward takes
+/// `&mut S` with `S: CacheStrategy<B> + ?Sized`.
+pub trait CacheStrategy<B: Backend> {
+    /// Forgets all state: call before each generation.
+    fn reset(&mut self) {}
+
+    /// Start of a denoiser call. `ctx.branch` and `ctx.batch_size` describe the batch the caller passed.
+    fn begin_forward(&mut self, _ctx: &CallContext) -> BatchPlan {
+        BatchPlan::Full
+    }
+
+    /// End of a denoiser call: `output` is the model's output for the batch that was run
+    /// (`[batch, frames, channels, height, width]`); returns the output for the batch the caller passed.
+    /// `ctx` is the context given to `begin_forward`.
+    fn end_forward(&mut self, _ctx: &CallContext, output: Tensor<B, 5>) -> Tensor<B, 5> {
+        output
+    }
+
+    /// After the first block of the block stack, with its input and output.
+    fn after_head_block(
+        &mut self,
+        _ctx: &CallContext,
+        _input: &JointStates<B>,
+        _output: &JointStates<B>,
+    ) -> TailPlan<B> {
+        TailPlan::Compute
+    }
+
+    /// After the remaining blocks ran (only when [`TailPlan::Compute`] was chosen), with the first block's
+    /// output and the stack's output.
+    fn after_tail_blocks(&mut self, _ctx: &CallContext, _head_output: &JointStates<B>, _output: &JointStates<B>) {}
+
+    /// Before an attention site computes.
+    fn before_attention(&mut self, _ctx: &CallContext, _site: &AttentionSite) -> AttentionPlan<B> {
+        AttentionPlan::Compute
+    }
+
+    /// After an attention site produced its output (computed or reused).
+    fn after_attention(&mut self, _ctx: &CallContext, _site: &AttentionSite, _output: &JointStates<B>) {}
+}
+
+/// The strategy that caches nothing: a model run with it computes exactly the uncached result.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Identity;
+
+impl<B: Backend> CacheStrategy<B> for Identity {}
+
+impl<B: Backend, S: CacheStrategy<B> + ?Sized> CacheStrategy<B> for &mut S {
+    fn reset(&mut self) {
+        (**self).reset()
+    }
+    fn begin_forward(&mut self, ctx: &CallContext) -> BatchPlan {
+        (**self).begin_forward(ctx)
+    }
+    fn end_forward(&mut self, ctx: &CallContext, output: Tensor<B, 5>) -> Tensor<B, 5> {
+        (**self).end_forward(ctx, output)
+    }
+    fn after_head_block(&mut self, ctx: &CallContext, input: &JointStates<B>, output: &JointStates<B>) -> TailPlan<B> {
+        (**self).after_head_block(ctx, input, output)
+    }
+    fn after_tail_blocks(&mut self, ctx: &CallContext, head_output: &JointStates<B>, output: &JointStates<B>) {
+        (**self).after_tail_blocks(ctx, head_output, output)
+    }
+    fn before_attention(&mut self, ctx: &CallContext, site: &AttentionSite) -> AttentionPlan<B> {
+        (**self).before_attention(ctx, site)
+    }
+    fn after_attention(&mut self, ctx: &CallContext, site: &AttentionSite, output: &JointStates<B>) {
+        (**self).after_attention(ctx, site, output)
+    }
+}

@@ -1,0 +1,92 @@
+//! The small layers diffusers' models are built from, loaded under PyTorch's parameter names.
+
+use burn::module::{Module, Param};
+use burn::tensor::{backend::Backend, Tensor};
+
+use crate::error::Result;
+use crate::weights::{Init, VarBuilder};
+
+/// `torch.nn.Linear`: `y = x Wᵀ + b`. The weight is kept transposed (`[d_in, d_out]`), as burn's `linear` wants.
+#[derive(Module, Debug)]
+pub struct Linear<B: Backend> {
+    /// `[d_in, d_out]` (PyTorch's `weight`, transposed at load).
+    pub weight: Param<Tensor<B, 2>>,
+    /// `[d_out]`.
+    pub bias: Option<Param<Tensor<B, 1>>>,
+}
+
+impl<B: Backend> Linear<B> {
+    /// Loads `{name}.weight` `[d_out, d_in]` and, if `bias`, `{name}.bias` `[d_out]`.
+    pub fn load(vb: &mut VarBuilder<'_, B>, name: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Self> {
+        let mut vb = vb.pp(name);
+        let bound = 1.0 / (d_in as f64).sqrt();
+        let weight = vb.host("weight", &[d_out, d_in], Init::Uniform(bound))?;
+        let weight: Tensor<B, 2> = weight.to_tensor(vb.device());
+        let bias = if bias { Some(vb.param("bias", [d_out], Init::Uniform(bound))?) } else { None };
+        Ok(Self { weight: Param::from_tensor(weight.transpose()), bias })
+    }
+
+    /// Loads a `torch.nn.Conv2d` whose kernel equals its stride (a patch embedding) as the linear map it is:
+    /// `{name}.weight` `[d_out, c, p, p]` acting on patches flattened in `(c, p, p)` order.
+    pub fn load_patch_conv(
+        vb: &mut VarBuilder<'_, B>,
+        name: &str,
+        channels: usize,
+        patch: usize,
+        d_out: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let mut vb = vb.pp(name);
+        let d_in = channels * patch * patch;
+        let bound = 1.0 / (d_in as f64).sqrt();
+        let weight = vb.host("weight", &[d_out, channels, patch, patch], Init::Uniform(bound))?;
+        let weight: Tensor<B, 4> = weight.to_tensor(vb.device());
+        let weight = weight.reshape([d_out, d_in]).transpose();
+        let bias = if bias { Some(vb.param("bias", [d_out], Init::Uniform(bound))?) } else { None };
+        Ok(Self { weight: Param::from_tensor(weight), bias })
+    }
+
+    /// # Shapes
+    /// `[..., d_in]` → `[..., d_out]`
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        burn::tensor::module::linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
+    }
+}
+
+/// `torch.nn.LayerNorm` over the last dimension, with optional affine parameters.
+#[derive(Module, Debug)]
+pub struct LayerNorm<B: Backend> {
+    /// `[d]`, absent when `elementwise_affine=False`.
+    pub weight: Option<Param<Tensor<B, 1>>>,
+    /// `[d]`, absent when `elementwise_affine=False`.
+    pub bias: Option<Param<Tensor<B, 1>>>,
+    /// Added to the variance.
+    pub eps: f64,
+}
+
+impl<B: Backend> LayerNorm<B> {
+    /// Loads `{name}.weight` and `{name}.bias` when `affine`.
+    pub fn load(vb: &mut VarBuilder<'_, B>, name: &str, d: usize, eps: f64, affine: bool) -> Result<Self> {
+        let mut vb = vb.pp(name);
+        let (weight, bias) = if affine {
+            (Some(vb.param("weight", [d], Init::Ones)?), Some(vb.param("bias", [d], Init::Zeros)?))
+        } else {
+            (None, None)
+        };
+        Ok(Self { weight, bias, eps })
+    }
+
+    /// # Shapes
+    /// `[..., d]` → `[..., d]`
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let (var, mean) = x.clone().var_mean_bias(D - 1);
+        let mut y = (x - mean) / (var + self.eps).sqrt();
+        if let Some(w) = &self.weight {
+            y = y * w.val().unsqueeze();
+        }
+        if let Some(b) = &self.bias {
+            y = y + b.val().unsqueeze();
+        }
+        y
+    }
+}
