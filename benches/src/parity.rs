@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{backend::Backend, Tensor};
-use cache_core::{Branch, CallContext, Identity, StepContext};
+use cache_core::{Branch, CacheConfig, CallContext, Identity, StepContext, StepTrace};
 use models::weights::read_safetensors;
 use models::{
     denoise, CogVideoXDDIMScheduler, CogVideoXDDIMSchedulerConfig, CogVideoXTransformer3DModel, DenoiseInput,
@@ -130,11 +130,8 @@ fn try_run_case<B: Backend>(dir: &Path, device: &B::Device) -> Result<Outcome, S
             Ok((spec.kind, err, tol, None))
         }
         "denoise" => {
-            if spec.cache.as_ref().is_some_and(|c| !c.is_null()) {
-                return Err("cache strategies are not implemented yet".into());
-            }
-            let err = run_denoise(&model, dir, &spec, &tensors, device)?;
-            Ok((spec.kind, err, tol, None))
+            let (err, decisions) = run_denoise(&model, dir, &spec, &tensors, device)?;
+            Ok((spec.kind, err, tol, decisions))
         }
         other => Err(format!("unknown case kind {other:?}")),
     }
@@ -159,11 +156,8 @@ fn run_forward<B: Backend>(
         timestep: take(tensors, "timestep")?.data.clone(),
     };
     let positions = model.positions(f, h, w, device).map_err(|e| e.to_string())?;
-    let ctx = CallContext {
-        step: StepContext { step: 0, num_steps: 1, timestep: input.timestep.first().copied().unwrap_or(0.0) as f64 },
-        branch: Branch::Unguided,
-        batch_size: b,
-    };
+    let step = StepContext { step: 0, num_steps: 1, timestep: input.timestep.first().copied().unwrap_or(0.0) as f64 };
+    let ctx = CallContext::new(step, Branch::Unguided, b);
     let out = model.forward(input, &positions, &ctx, &mut Identity).map_err(|e| e.to_string())?;
     let out = HostTensor::from_tensor(out);
     if out.shape != expected.shape {
@@ -178,7 +172,12 @@ fn run_denoise<B: Backend>(
     spec: &CaseSpec,
     tensors: &BTreeMap<String, HostTensor>,
     device: &B::Device,
-) -> Result<f64, String> {
+) -> Result<(f64, Option<bool>), String> {
+    let cache: CacheConfig = match &spec.cache {
+        None | Some(serde_json::Value::Null) => CacheConfig::None,
+        Some(v) => serde_json::from_value(v.clone()).map_err(|e| format!("case.json `cache`: {e}"))?,
+    };
+    let mut strategy = crate::strategies::build::<B>(&cache, &model.host_info()).map_err(|e| e.to_string())?;
     let cfg = CogVideoXDDIMSchedulerConfig::from_json_file(&dir.join("scheduler").join("scheduler_config.json"))
         .map_err(|e| e.to_string())?;
     let mut scheduler = CogVideoXDDIMScheduler::new(cfg).map_err(|e| e.to_string())?;
@@ -197,12 +196,37 @@ fn run_denoise<B: Backend>(
         guidance_scale: guidance,
     };
     let expected = take(tensors, "final_latents")?;
-    let out = denoise(model, &mut scheduler, input, &mut Identity, DenoiseOptions::default())
+    let out = denoise(model, &mut scheduler, input, &mut strategy, DenoiseOptions::default())
         .map_err(|e| e.to_string())?;
     let out: Tensor<B, 5> = out;
     let out = HostTensor::from_tensor(out);
     if out.shape != expected.shape {
         return Err(format!("final latents shape {:?}, expected {:?}", out.shape, expected.shape));
     }
-    Ok(rel_l2(&out.data, &expected.data))
+    let trace_path = dir.join("trace.json");
+    let decisions = if trace_path.exists() {
+        let text = std::fs::read_to_string(&trace_path).map_err(|e| format!("{}: {e}", trace_path.display()))?;
+        let reference: TraceFile = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", trace_path.display()))?;
+        Some(decisions_match(&reference.steps, &strategy.stats().steps))
+    } else {
+        None
+    };
+    Ok((rel_l2(&out.data, &expected.data), decisions))
+}
+
+/// `trace.json`.
+#[derive(Debug, Deserialize)]
+struct TraceFile {
+    steps: Vec<StepTrace>,
+}
+
+/// Whether our decisions equal the reference's, step by step, on every key the reference decides.
+pub fn decisions_match(reference: &[StepTrace], ours: &[StepTrace]) -> bool {
+    reference.len() == ours.len()
+        && reference.iter().zip(ours).all(|(r, o)| {
+            r.step == o.step
+                && (r.blocks.is_none() || r.blocks == o.blocks)
+                && (r.uncond.is_none() || r.uncond == o.uncond)
+                && (r.attention.is_empty() || r.attention == o.attention)
+        })
 }

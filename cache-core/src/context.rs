@@ -52,10 +52,20 @@ impl Branch {
 pub struct CallContext {
     /// The step.
     pub step: StepContext,
-    /// What the batch holds *now* (a cond-only pass has `Branch::Cond`).
+    /// What the caller's batch holds; names the state context (diffusers' `cache_context`), and stays the
+    /// same when a strategy has the model run the conditional half only.
     pub branch: Branch,
     /// The batch size of the tensors now flowing through the model.
     pub batch_size: usize,
+    /// True while the model runs only the conditional half of a CFG batch (see [`crate::BatchPlan::CondOnly`]).
+    pub cond_only: bool,
+}
+
+impl CallContext {
+    /// A context for a call on the whole batch the caller passed.
+    pub fn new(step: StepContext, branch: Branch, batch_size: usize) -> Self {
+        Self { step, branch, batch_size, cond_only: false }
+    }
 }
 
 /// Which kind of attention an attention site computes (diffusers' PAB categories).

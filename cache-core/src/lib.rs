@@ -14,10 +14,25 @@
 //!    Broadcast, FasterCache).
 //!
 //! Every hook receives the [`CallContext`] (step index, number of steps, the scheduler's timestep, what the
-//! batch holds) explicitly: there is no global callback. [`Identity`] does nothing and costs nothing.
+//! batch holds) explicitly: there is no global callback. [`Identity`] does nothing and costs nothing;
+//! [`Stack`] composes strategies; [`StateMap`] keeps state per site and per branch context;
+//! [`MemoryLedger`] counts held bytes against an optional budget; [`CacheStats`] records decisions.
 
+mod config;
 mod context;
+mod memory;
+mod stack;
+mod state;
+mod stats;
 mod strategy;
 
+pub use config::{
+    classify, in_range, CacheConfig, ConfigError, FasterCacheConfig, FirstBlockCacheConfig, HostInfo, Identifiers,
+    Preset, PyramidAttentionBroadcastConfig, SiteClass, TensorFormat, TimestepRange, WeightSchedule,
+};
 pub use context::{AttentionKind, AttentionSite, Branch, CallContext, CfgOrder, StepContext};
+pub use memory::{joint_bytes, tensor_bytes, MemoryLedger};
+pub use stack::Stack;
+pub use state::StateMap;
+pub use stats::{CacheStats, Counts, Decision, StepTrace, WorkModel};
 pub use strategy::{AttentionPlan, BatchPlan, CacheStrategy, Identity, JointStates, TailPlan};

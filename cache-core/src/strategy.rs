@@ -3,6 +3,7 @@
 use burn::tensor::{backend::Backend, Tensor};
 
 use crate::context::{AttentionSite, CallContext};
+use crate::stats::CacheStats;
 
 /// The two token streams of a joint-attention transformer: video tokens and text tokens.
 ///
@@ -76,8 +77,15 @@ pub trait CacheStrategy<B: Backend> {
     }
 
     /// After the remaining blocks ran (only when [`TailPlan::Compute`] was chosen), with the first block's
-    /// output and the stack's output.
-    fn after_tail_blocks(&mut self, _ctx: &CallContext, _head_output: &JointStates<B>, _output: &JointStates<B>) {}
+    /// output and the stack's output; returns the stack's output (a per-sample engine may replace rows).
+    fn after_tail_blocks(
+        &mut self,
+        _ctx: &CallContext,
+        _head_output: &JointStates<B>,
+        output: JointStates<B>,
+    ) -> JointStates<B> {
+        output
+    }
 
     /// Before an attention site computes.
     fn before_attention(&mut self, _ctx: &CallContext, _site: &AttentionSite) -> AttentionPlan<B> {
@@ -86,6 +94,16 @@ pub trait CacheStrategy<B: Backend> {
 
     /// After an attention site produced its output (computed or reused).
     fn after_attention(&mut self, _ctx: &CallContext, _site: &AttentionSite, _output: &JointStates<B>) {}
+
+    /// What the strategy decided since the last reset.
+    fn stats(&self) -> CacheStats {
+        CacheStats::default()
+    }
+
+    /// The most bytes of tensors the strategy held at once since the last reset.
+    fn peak_bytes(&self) -> usize {
+        0
+    }
 }
 
 /// The strategy that caches nothing: a model run with it computes exactly the uncached result.
@@ -107,7 +125,7 @@ impl<B: Backend, S: CacheStrategy<B> + ?Sized> CacheStrategy<B> for &mut S {
     fn after_head_block(&mut self, ctx: &CallContext, input: &JointStates<B>, output: &JointStates<B>) -> TailPlan<B> {
         (**self).after_head_block(ctx, input, output)
     }
-    fn after_tail_blocks(&mut self, ctx: &CallContext, head_output: &JointStates<B>, output: &JointStates<B>) {
+    fn after_tail_blocks(&mut self, ctx: &CallContext, head_output: &JointStates<B>, output: JointStates<B>) -> JointStates<B> {
         (**self).after_tail_blocks(ctx, head_output, output)
     }
     fn before_attention(&mut self, ctx: &CallContext, site: &AttentionSite) -> AttentionPlan<B> {
@@ -115,5 +133,41 @@ impl<B: Backend, S: CacheStrategy<B> + ?Sized> CacheStrategy<B> for &mut S {
     }
     fn after_attention(&mut self, ctx: &CallContext, site: &AttentionSite, output: &JointStates<B>) {
         (**self).after_attention(ctx, site, output)
+    }
+    fn stats(&self) -> CacheStats {
+        (**self).stats()
+    }
+    fn peak_bytes(&self) -> usize {
+        (**self).peak_bytes()
+    }
+}
+
+impl<B: Backend, S: CacheStrategy<B> + ?Sized> CacheStrategy<B> for Box<S> {
+    fn reset(&mut self) {
+        (**self).reset()
+    }
+    fn begin_forward(&mut self, ctx: &CallContext) -> BatchPlan {
+        (**self).begin_forward(ctx)
+    }
+    fn end_forward(&mut self, ctx: &CallContext, output: Tensor<B, 5>) -> Tensor<B, 5> {
+        (**self).end_forward(ctx, output)
+    }
+    fn after_head_block(&mut self, ctx: &CallContext, input: &JointStates<B>, output: &JointStates<B>) -> TailPlan<B> {
+        (**self).after_head_block(ctx, input, output)
+    }
+    fn after_tail_blocks(&mut self, ctx: &CallContext, head_output: &JointStates<B>, output: JointStates<B>) -> JointStates<B> {
+        (**self).after_tail_blocks(ctx, head_output, output)
+    }
+    fn before_attention(&mut self, ctx: &CallContext, site: &AttentionSite) -> AttentionPlan<B> {
+        (**self).before_attention(ctx, site)
+    }
+    fn after_attention(&mut self, ctx: &CallContext, site: &AttentionSite, output: &JointStates<B>) {
+        (**self).after_attention(ctx, site, output)
+    }
+    fn stats(&self) -> CacheStats {
+        (**self).stats()
+    }
+    fn peak_bytes(&self) -> usize {
+        (**self).peak_bytes()
     }
 }

@@ -1,1 +1,172 @@
-//! placeholder
+//! # cache-fbc: First Block Cache
+//!
+//! diffusers' semantics (`hooks/first_block_cache.py`): after the first block, compare its residual
+//! `r = out − in` (video stream) with the residual of the last step that computed the tail, as
+//! `mean|r − r_prev| / mean|r_prev|` over the whole batch; if that is not above `threshold`, skip the tail:
+//! the stack's output is the first block's *current* output plus the tail residuals (video and text) stored
+//! by the last computed step. The reference residual is refreshed on computed steps only, so the measured
+//! change accumulates across skips. One host read per step.
+//!
+//! Extras, off by default: `warmup_steps`, `max_consecutive_skips`, `per_sample` decisions, and a memory
+//! budget (past it the engine computes and holds nothing).
+
+use burn::tensor::{backend::Backend, Tensor};
+use cache_core::{
+    joint_bytes, tensor_bytes, CacheStats, CacheStrategy, CallContext, Decision, FirstBlockCacheConfig, JointStates,
+    MemoryLedger, StateMap, TailPlan,
+};
+
+/// State of one context (and batch size).
+struct FbcState<B: Backend> {
+    /// First block's residual of the last computed step.
+    head_residual: Option<Tensor<B, 3>>,
+    /// Tail residuals (video, text) of the last computed step.
+    tail: Option<JointStates<B>>,
+    /// Skips in a row.
+    consecutive_skips: usize,
+    /// Per-sample mode: which samples decided to skip in the current step (mixed steps only).
+    mixed_skip: Option<Vec<bool>>,
+    /// The residual computed in the current step, waiting for the tail.
+    pending_residual: Option<Tensor<B, 3>>,
+    bytes: usize,
+}
+
+impl<B: Backend> Default for FbcState<B> {
+    fn default() -> Self {
+        Self { head_residual: None, tail: None, consecutive_skips: 0, mixed_skip: None, pending_residual: None, bytes: 0 }
+    }
+}
+
+/// The First Block Cache engine.
+pub struct FirstBlockCache<B: Backend> {
+    config: FirstBlockCacheConfig,
+    states: StateMap<usize, FbcState<B>>,
+    memory: MemoryLedger,
+    stats: CacheStats,
+}
+
+impl<B: Backend> FirstBlockCache<B> {
+    /// An engine with this configuration (validate it first with `CacheConfig::validate`).
+    pub fn new(config: FirstBlockCacheConfig) -> Self {
+        let memory = MemoryLedger::new(config.memory_budget_bytes);
+        Self { config, states: StateMap::default(), memory, stats: CacheStats::default() }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &FirstBlockCacheConfig {
+        &self.config
+    }
+
+    /// Relative change per sample (`per_sample`) or pooled over the batch, read from the device at once.
+    fn relative_change(&self, residual: &Tensor<B, 3>, prev: &Tensor<B, 3>) -> Vec<f32> {
+        let diff = (residual.clone() - prev.clone()).abs();
+        let prev_abs = prev.clone().abs();
+        let both = if self.config.per_sample {
+            let b = residual.dims()[0];
+            let per = |t: Tensor<B, 3>| t.mean_dim(2).mean_dim(1).reshape([b]);
+            Tensor::cat(vec![per(diff), per(prev_abs)], 0)
+        } else {
+            Tensor::cat(vec![diff.mean(), prev_abs.mean()], 0)
+        };
+        let v = both.into_data().convert::<f32>().into_vec::<f32>().expect("float data");
+        let n = v.len() / 2;
+        (0..n).map(|i| v[i] / v[n + i]).collect()
+    }
+}
+
+/// `[B]` mask as `[B, 1, 1]` floats (1 = skip).
+fn mask<B: Backend>(skip: &[bool], device: &B::Device) -> Tensor<B, 3> {
+    let v: Vec<f32> = skip.iter().map(|&s| if s { 1.0 } else { 0.0 }).collect();
+    Tensor::<B, 1>::from_floats(v.as_slice(), device).reshape([skip.len(), 1, 1])
+}
+
+/// `where(mask, a, b)` with a float mask broadcast over tokens and channels.
+fn select<B: Backend>(m: &Tensor<B, 3>, a: Tensor<B, 3>, b: Tensor<B, 3>) -> Tensor<B, 3> {
+    a * m.clone() + b * (m.clone().neg() + 1.0)
+}
+
+impl<B: Backend> CacheStrategy<B> for FirstBlockCache<B> {
+    fn reset(&mut self) {
+        self.states.clear();
+        self.memory.reset();
+        self.stats = CacheStats::default();
+    }
+
+    fn after_head_block(&mut self, ctx: &CallContext, input: &JointStates<B>, output: &JointStates<B>) -> TailPlan<B> {
+        let residual = output.hidden.clone() - input.hidden.clone();
+        let warm = ctx.step.step < self.config.warmup_steps;
+        let forced = self.config.max_consecutive_skips.is_some_and(|m| {
+            self.states.get(ctx, ctx.batch_size).is_some_and(|s| s.consecutive_skips >= m)
+        });
+        let skips: Vec<bool> = match self.states.get(ctx, ctx.batch_size) {
+            Some(FbcState { head_residual: Some(prev), tail: Some(_), .. }) if !warm && !forced => self
+                .relative_change(&residual, prev)
+                .into_iter()
+                .map(|change| !((change as f64) > self.config.threshold))
+                .collect(),
+            _ => vec![false],
+        };
+        let all_skip = skips.iter().all(|&s| s);
+        let any_skip = skips.iter().any(|&s| s);
+        let state = self.states.get_mut(ctx, ctx.batch_size);
+        let trace = self.stats.step_mut(ctx.step.step, ctx.step.timestep);
+        if all_skip {
+            trace.blocks = Some(Decision::Skip);
+            state.consecutive_skips += 1;
+            let tail = state.tail.as_ref().expect("checked above");
+            return TailPlan::Skip(JointStates {
+                hidden: output.hidden.clone() + tail.hidden.clone(),
+                encoder: output.encoder.clone() + tail.encoder.clone(),
+            });
+        }
+        trace.blocks = Some(Decision::Compute);
+        state.consecutive_skips = 0;
+        state.mixed_skip = any_skip.then_some(skips);
+        state.pending_residual = Some(residual);
+        TailPlan::Compute
+    }
+
+    fn after_tail_blocks(&mut self, ctx: &CallContext, head_output: &JointStates<B>, output: JointStates<B>) -> JointStates<B> {
+        let state = self.states.get_mut(ctx, ctx.batch_size);
+        let Some(mut residual) = state.pending_residual.take() else { return output };
+        let mut tail = JointStates {
+            hidden: output.hidden.clone() - head_output.hidden.clone(),
+            encoder: output.encoder.clone() - head_output.encoder.clone(),
+        };
+        let mut output = output;
+        if let (Some(skips), Some(prev), Some(old_tail)) =
+            (state.mixed_skip.take(), state.head_residual.as_ref(), state.tail.as_ref())
+        {
+            // Samples that decided to skip keep their reference and take their cached tail.
+            let m = mask::<B>(&skips, &residual.device());
+            residual = select(&m, prev.clone(), residual);
+            tail = JointStates {
+                hidden: select(&m, old_tail.hidden.clone(), tail.hidden),
+                encoder: select(&m, old_tail.encoder.clone(), tail.encoder),
+            };
+            output = JointStates {
+                hidden: select(&m, head_output.hidden.clone() + old_tail.hidden.clone(), output.hidden),
+                encoder: select(&m, head_output.encoder.clone() + old_tail.encoder.clone(), output.encoder),
+            };
+        }
+        let bytes = tensor_bytes(&residual) + joint_bytes(&tail);
+        if self.memory.replace(state.bytes, bytes) {
+            state.head_residual = Some(residual);
+            state.tail = Some(tail);
+            state.bytes = bytes;
+        } else {
+            // Over budget: hold nothing, so the next step computes.
+            self.memory.release(state.bytes);
+            *state = FbcState::default();
+        }
+        output
+    }
+
+    fn stats(&self) -> CacheStats {
+        self.stats.clone()
+    }
+
+    fn peak_bytes(&self) -> usize {
+        self.memory.peak()
+    }
+}

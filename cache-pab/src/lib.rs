@@ -1,1 +1,115 @@
-//! placeholder
+//! # cache-pab: Pyramid Attention Broadcast
+//!
+//! diffusers' semantics (`hooks/pyramid_attention_broadcast.py`): every attention site classified as
+//! spatial, temporal or cross (by diffusers' identifier search, see [`cache_core::classify`]) keeps an
+//! iteration counter that counts *every* call, and the last output. A call computes iff nothing is cached,
+//! or the counter is 0, or the timestep is outside the class's window (strictly inside counts as inside),
+//! or the counter is a multiple of the class's block skip range; otherwise it returns the cached output
+//! (both streams, the whole batch). So the phase inside the window follows the global call count.
+//!
+//! State is kept per site, per branch context and per batch size (a cond-only pass never reuses a CFG
+//! batch's output). An optional memory budget makes the engine compute instead of caching.
+
+use std::collections::HashMap;
+
+use burn::tensor::backend::Backend;
+use cache_core::{
+    in_range, joint_bytes, AttentionPlan, AttentionSite, CacheStats, CacheStrategy, CallContext, ConfigError,
+    Decision, JointStates, MemoryLedger, PyramidAttentionBroadcastConfig, SiteClass, StateMap, TimestepRange,
+};
+
+struct PabState<B: Backend> {
+    iteration: usize,
+    cache: Option<JointStates<B>>,
+    bytes: usize,
+}
+
+impl<B: Backend> Default for PabState<B> {
+    fn default() -> Self {
+        Self { iteration: 0, cache: None, bytes: 0 }
+    }
+}
+
+/// The Pyramid Attention Broadcast engine.
+pub struct PyramidAttentionBroadcast<B: Backend> {
+    config: PyramidAttentionBroadcastConfig,
+    classes: HashMap<AttentionSite, Option<(usize, TimestepRange)>>,
+    states: StateMap<(AttentionSite, usize), PabState<B>>,
+    memory: MemoryLedger,
+    stats: CacheStats,
+}
+
+impl<B: Backend> PyramidAttentionBroadcast<B> {
+    /// An engine with this configuration; its identifiers must be valid regular expressions.
+    pub fn new(config: PyramidAttentionBroadcastConfig) -> Result<Self, ConfigError> {
+        config.classes(&[])?;
+        let memory = MemoryLedger::new(config.memory_budget_bytes);
+        Ok(Self { config, classes: HashMap::new(), states: StateMap::default(), memory, stats: CacheStats::default() })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &PyramidAttentionBroadcastConfig {
+        &self.config
+    }
+
+    /// (block skip range, timestep window) of a site, or None when the engine leaves it alone.
+    fn rule(&mut self, site: &AttentionSite) -> Option<(usize, TimestepRange)> {
+        let c = &self.config;
+        *self.classes.entry(*site).or_insert_with(|| {
+            let class = c.classes(std::slice::from_ref(site)).ok()?.pop().flatten()?;
+            Some(match class {
+                SiteClass::Spatial => (c.spatial_attention_block_skip_range?, c.spatial_attention_timestep_skip_range),
+                SiteClass::Temporal => (c.temporal_attention_block_skip_range?, c.temporal_attention_timestep_skip_range),
+                SiteClass::Cross => (c.cross_attention_block_skip_range?, c.cross_attention_timestep_skip_range),
+            })
+        })
+    }
+}
+
+impl<B: Backend> CacheStrategy<B> for PyramidAttentionBroadcast<B> {
+    fn reset(&mut self) {
+        self.states.clear();
+        self.memory.reset();
+        self.stats = CacheStats::default();
+    }
+
+    fn before_attention(&mut self, ctx: &CallContext, site: &AttentionSite) -> AttentionPlan<B> {
+        let Some((skip_range, window)) = self.rule(site) else { return AttentionPlan::Compute };
+        let state = self.states.get_mut(ctx, (*site, ctx.batch_size));
+        let compute = state.cache.is_none()
+            || state.iteration == 0
+            || !in_range(window, ctx.step.timestep)
+            || state.iteration % skip_range == 0;
+        let decision = if compute { Decision::Compute } else { Decision::Skip };
+        self.stats.step_mut(ctx.step.step, ctx.step.timestep).attention.insert(site.to_string(), decision);
+        match (compute, &state.cache) {
+            (false, Some(cached)) => AttentionPlan::Reuse(cached.clone()),
+            _ => AttentionPlan::Compute,
+        }
+    }
+
+    fn after_attention(&mut self, ctx: &CallContext, site: &AttentionSite, output: &JointStates<B>) {
+        if self.rule(site).is_none() {
+            return;
+        }
+        let state = self.states.get_mut(ctx, (*site, ctx.batch_size));
+        let bytes = joint_bytes(output);
+        if self.memory.replace(state.bytes, bytes) {
+            state.cache = Some(output.clone());
+            state.bytes = bytes;
+        } else {
+            self.memory.release(state.bytes);
+            state.cache = None;
+            state.bytes = 0;
+        }
+        state.iteration += 1;
+    }
+
+    fn stats(&self) -> CacheStats {
+        self.stats.clone()
+    }
+
+    fn peak_bytes(&self) -> usize {
+        self.memory.peak()
+    }
+}

@@ -11,7 +11,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use cache_core::{
-    AttentionKind, AttentionPlan, AttentionSite, BatchPlan, Branch, CacheStrategy, CallContext, CfgOrder,
+    AttentionKind, AttentionPlan, AttentionSite, BatchPlan, Branch, CacheStrategy, CallContext, CfgOrder, HostInfo,
     JointStates, TailPlan,
 };
 
@@ -398,6 +398,19 @@ impl<B: Backend> CogVideoXTransformer3DModel<B> {
         Self::load(&config, &mut weights, device)
     }
 
+    /// What this model offers to cache engines: its attention sites and its block count.
+    pub fn host_info(&self) -> HostInfo {
+        HostInfo { sites: self.transformer_blocks.iter().map(CogVideoXBlock::site).collect(), num_blocks: self.transformer_blocks.len() }
+    }
+
+    /// The share of a block's work done by its attention site, for `tokens` tokens (text + video), from
+    /// multiply-adds: projections `4·D²`, scores and weighted sum `2·L·D`, feed-forward `8·D²` per token.
+    pub fn attention_share(&self, tokens: usize) -> f64 {
+        let d = self.config.inner_dim() as f64;
+        let l = tokens as f64;
+        (4.0 * d * d + 2.0 * l * d) / (12.0 * d * d + 2.0 * l * d)
+    }
+
     /// Positional embeddings for latents of `frames × height × width` (latent frames, latent pixels):
     /// sin-cos tables as `CogVideoXPatchEmbed` builds them, or rotary tables as `CogVideoXPipeline` does.
     pub fn positions(&self, frames: usize, height: usize, width: usize, device: &B::Device) -> Result<Positions<B>> {
@@ -518,8 +531,7 @@ impl<B: Backend> CogVideoXTransformer3DModel<B> {
                     for block in blocks {
                         y = block.forward(y, &temb, positions, ctx, strategy);
                     }
-                    strategy.after_tail_blocks(ctx, &head_out, &y);
-                    y
+                    strategy.after_tail_blocks(ctx, &head_out, y)
                 }
             };
         }
@@ -561,5 +573,5 @@ fn cond_half<B: Backend>(input: ForwardInput<B>, ctx: &CallContext) -> Result<(F
         encoder_hidden_states: input.encoder_hidden_states.narrow(0, start, half),
         timestep: input.timestep[start..start + half].to_vec(),
     };
-    Ok((input, CallContext { branch: Branch::Cond, batch_size: half, ..*ctx }))
+    Ok((input, CallContext { batch_size: half, cond_only: true, ..*ctx }))
 }

@@ -90,11 +90,8 @@ pub fn denoise<B: Backend, S: CacheStrategy<B> + ?Sized>(
     for (i, &t) in timesteps.iter().enumerate() {
         let model_input = if cfg { Tensor::cat(vec![latents.clone(), latents.clone()], 0) } else { latents.clone() };
         let model_input = scheduler.scale_model_input(model_input, t);
-        let ctx = CallContext {
-            step: StepContext { step: i, num_steps: timesteps.len(), timestep: t as f64 },
-            branch,
-            batch_size: batch,
-        };
+        let step = StepContext { step: i, num_steps: timesteps.len(), timestep: t as f64 };
+        let ctx = CallContext::new(step, branch, batch);
         let call = ForwardInput {
             hidden_states: model_input,
             encoder_hidden_states: encoder.clone(),

@@ -16,7 +16,15 @@ import shutil
 
 import torch
 from safetensors.torch import save_file
-from diffusers import CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
+from diffusers import (
+    CogVideoXDDIMScheduler,
+    CogVideoXPipeline,
+    CogVideoXTransformer3DModel,
+    FasterCacheConfig,
+    FirstBlockCacheConfig,
+    PyramidAttentionBroadcastConfig,
+)
+from diffusers.hooks import first_block_cache as fbc_module
 from diffusers.models.embeddings import get_3d_rotary_pos_embed
 from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
 
@@ -84,29 +92,136 @@ def forward_case(out, name, model, batch, frames, height, width, text_len, times
                {"hidden_states": hidden, "encoder_hidden_states": enc, "timestep": t, "sample": sample})
 
 
-def denoise_case(out, name, model, frames, height, width, text_len, steps, guidance, seed, cache=None):
-    g = torch.Generator().manual_seed(seed)
-    c = model.config
+class Recorder:
+    """Records the decisions of diffusers' hooks per step, in trace.json's shape."""
+
+    def __init__(self, pipe, cache):
+        self.pipe, self.kind = pipe, cache["type"] if cache else None
+        self.steps, self.step, self.changes = [], 0, []
+
+    def entry(self):
+        while len(self.steps) <= self.step:
+            self.steps.append({"step": len(self.steps), "timestep": int(self.pipe.current_timestep)})
+        return self.steps[self.step]
+
+    def attach(self, model):
+        if self.kind in ("pyramid_attention_broadcast", "faster_cache"):
+            for i, block in enumerate(model.transformer_blocks):
+                block.attn1.processor = SiteRecorder(self, f"transformer_blocks.{i}.attn1", block.attn1.processor)
+        if self.kind == "faster_cache":
+            def pre(module, args):
+                self.entry()["uncond"] = "skip" if args[1].shape[0] == 1 else "compute"
+            self.handle = model.patch_embed.register_forward_pre_hook(pre)
+
+    def detach(self, model):
+        for block in model.transformer_blocks:
+            if isinstance(block.attn1.processor, SiteRecorder):
+                block.attn1.processor = block.attn1.processor.inner
+        if getattr(self, "handle", None) is not None:
+            self.handle.remove()
+
+
+class SiteRecorder:
+    def __init__(self, rec, name, inner):
+        self.rec, self.name, self.inner = rec, name, inner
+
+    # Attention filters kwargs by the processor's signature: spell out what CogVideoX's processor takes.
+    def __call__(self, attn, hidden_states, encoder_hidden_states, attention_mask=None, image_rotary_emb=None):
+        self.rec.entry()["attention"][self.name] = "compute"
+        return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask=attention_mask,
+                          image_rotary_emb=image_rotary_emb)
+
+
+def diffusers_cache_config(cache, pipe):
+    if cache is None:
+        return None
+    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cache.items() if k != "type"}
+    if cache["type"] == "first_block_cache":
+        return FirstBlockCacheConfig(**kw)
+    if cache["type"] == "pyramid_attention_broadcast":
+        return PyramidAttentionBroadcastConfig(current_timestep_callback=lambda: pipe.current_timestep, **kw)
+    if cache["type"] == "faster_cache":
+        w = kw.pop("attention_weight", 0.5)
+        return FasterCacheConfig(current_timestep_callback=lambda: pipe.current_timestep,
+                                 attention_weight_callback=lambda _: w, **kw)
+    raise ValueError(cache["type"])
+
+
+def run_pipeline(model, inputs, steps, guidance, cache=None):
+    """One CogVideoXPipeline call (output_type="latent"); returns final latents, guided outputs, recorder."""
+    latents, prompt, negative = inputs
     scheduler = CogVideoXDDIMScheduler(**SCHEDULER)
     pipe = CogVideoXPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=model, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
-    latents = torch.randn(1, frames, c.in_channels, height, width, generator=g) * scheduler.init_noise_sigma
-    prompt = torch.randn(1, text_len, c.text_embed_dim, generator=g)
-    negative = torch.randn(1, text_len, c.text_embed_dim, generator=g)
+    rec = Recorder(pipe, cache)
     preds = []
     step = scheduler.step
 
     def recording_step(model_output, *args, **kwargs):
         preds.append(model_output.clone())
+        rec.entry()
+        rec.step += 1
         return step(model_output, *args, **kwargs)
 
     scheduler.step = recording_step
-    final = pipe(
-        prompt_embeds=prompt, negative_prompt_embeds=negative, latents=latents.clone(),
-        height=height * 8, width=width * 8, num_frames=(frames - 1) * 4 + 1, num_inference_steps=steps,
-        guidance_scale=guidance, output_type="latent", return_dict=False,
-    )[0]
-    del scheduler.step
+    original_should_compute = fbc_module.FBCHeadBlockHook._should_compute_remaining_blocks
+
+    def should_compute(hook, residual):
+        state = hook.state_manager.get_state()
+        if state.head_block_residual is not None:
+            prev = state.head_block_residual
+            rec.changes.append(((residual - prev).abs().mean() / prev.abs().mean()).item())
+        result = original_should_compute(hook, residual)
+        rec.entry()["blocks"] = "compute" if result else "skip"
+        return result
+
+    fbc_module.FBCHeadBlockHook._should_compute_remaining_blocks = should_compute
+    cfg = diffusers_cache_config(cache, pipe)
+    if cfg is not None:
+        model.enable_cache(cfg)
+    rec.attach(model)
+    if rec.kind in ("pyramid_attention_broadcast", "faster_cache"):
+        # A site the hook skipped is never called: mark every site skipped unless its processor runs.
+        names = [f"transformer_blocks.{i}.attn1" for i in range(len(model.transformer_blocks))]
+        original_entry = rec.entry
+
+        def entry_with_sites():
+            new = len(rec.steps) <= rec.step
+            e = original_entry()
+            if new:
+                e["attention"] = {n: "skip" for n in names}
+            return e
+
+        rec.entry = entry_with_sites
+    try:
+        c = model.config
+        frames = latents.shape[1]
+        final = pipe(
+            prompt_embeds=prompt, negative_prompt_embeds=negative, latents=latents.clone(),
+            height=latents.shape[3] * 8, width=latents.shape[4] * 8, num_frames=(frames - 1) * 4 + 1,
+            num_inference_steps=steps, guidance_scale=guidance, output_type="latent", return_dict=False,
+        )[0]
+    finally:
+        fbc_module.FBCHeadBlockHook._should_compute_remaining_blocks = original_should_compute
+        rec.detach(model)
+        if cfg is not None:
+            model.disable_cache()
+    return final, preds, rec, scheduler
+
+
+def denoise_inputs(model, frames, height, width, text_len, seed):
+    g = torch.Generator().manual_seed(seed)
+    c = model.config
+    latents = torch.randn(1, frames, c.in_channels, height, width, generator=g)  # init_noise_sigma = 1
+    prompt = torch.randn(1, text_len, c.text_embed_dim, generator=g)
+    negative = torch.randn(1, text_len, c.text_embed_dim, generator=g)
+    return latents, prompt, negative
+
+
+def denoise_case(out, name, model, frames, height, width, text_len, steps, guidance, seed, cache=None):
+    inputs = denoise_inputs(model, frames, height, width, text_len, seed)
+    final, preds, rec, scheduler = run_pipeline(model, inputs, steps, guidance, cache)
+    latents, prompt, negative = inputs
     tensors = {
         "latents": latents, "prompt_embeds": prompt, "negative_prompt_embeds": negative,
         "timesteps": scheduler.timesteps.to(torch.int64), "final_latents": final,
@@ -115,7 +230,29 @@ def denoise_case(out, name, model, frames, height, width, text_len, steps, guida
         tensors[f"noise_pred.{i}"] = p
     case = {"kind": "denoise", "num_inference_steps": steps, "guidance_scale": guidance, "cache": cache,
             "tolerance": {"rel_l2": 1e-3}}
-    write_case(out, name, model, case, tensors, scheduler=scheduler)
+    trace = {"steps": rec.steps} if cache is not None else None
+    write_case(out, name, model, case, tensors, scheduler=scheduler, trace=trace)
+    return rec
+
+
+def fbc_thresholds(model, inputs, steps, guidance):
+    """Two thresholds whose decisions differ, each at least 0.004 away from every residual change it meets
+    (float32 differences between implementations are ~1e-6, so no decision can flip)."""
+    _, _, rec, _ = run_pipeline(model, inputs, steps, guidance, {"type": "first_block_cache", "threshold": 0.0})
+    changes = sorted(rec.changes)
+    print("FBC residual changes (threshold 0):", [round(c, 4) for c in changes])
+    picked = {}
+    candidates = [round((a + b) / 2, 4) for a, b in zip(changes, changes[1:])]
+    candidates += [round(changes[-1] * f, 4) for f in (1.2, 1.5, 2.0)]
+    for t in candidates:
+        _, _, r, _ = run_pipeline(model, inputs, steps, guidance, {"type": "first_block_cache", "threshold": t})
+        margin = min(abs(c - t) for c in r.changes)
+        skips = sum(s.get("blocks") == "skip" for s in r.steps)
+        if margin > 0.004 and skips > 0 and skips not in picked:
+            picked[skips] = t
+    chosen = sorted(picked.items())[:2]
+    print("FBC thresholds (skips, threshold):", chosen)
+    return [t for _, t in chosen]
 
 
 def main():
@@ -133,6 +270,26 @@ def main():
     denoise_case(args.out, "denoise_sincos", sincos, 3, 8, 8, 8, steps=12, guidance=6.0, seed=20)
     denoise_case(args.out, "denoise_rotary", rope, 2, 6, 8, 6, steps=8, guidance=5.0, seed=21)
     denoise_case(args.out, "denoise_sincos_noguidance", sincos, 2, 8, 8, 8, steps=6, guidance=1.0, seed=22)
+
+    # Cache strategies, each on the 12-step schedule of diffusers-behaviour.md.
+    inputs = denoise_inputs(sincos, 3, 8, 8, 8, seed=30)
+    for i, t in enumerate(fbc_thresholds(sincos, inputs, 12, 6.0)):
+        denoise_case(args.out, f"fbc_{i}", sincos, 3, 8, 8, 8, 12, 6.0, seed=30,
+                     cache={"type": "first_block_cache", "threshold": t})
+    denoise_case(args.out, "pab_default_window", sincos, 3, 8, 8, 8, 12, 6.0, seed=31,
+                 cache={"type": "pyramid_attention_broadcast", "spatial_attention_block_skip_range": 2,
+                        "spatial_attention_timestep_skip_range": [100, 800]})
+    denoise_case(args.out, "pab_whole_range", rope, 2, 6, 8, 6, 12, 5.0, seed=32,
+                 cache={"type": "pyramid_attention_broadcast", "spatial_attention_block_skip_range": 3,
+                        "spatial_attention_timestep_skip_range": [0, 1000]})
+    faster = {"type": "faster_cache", "spatial_attention_block_skip_range": 2,
+              "spatial_attention_timestep_skip_range": [-1, 681], "attention_weight": 0.3,
+              "low_frequency_weight_update_timestep_range": [99, 641],
+              "high_frequency_weight_update_timestep_range": [-1, 301], "alpha_low_frequency": 1.1,
+              "alpha_high_frequency": 1.1, "unconditional_batch_skip_range": 5,
+              "unconditional_batch_timestep_skip_range": [-1, 641], "tensor_format": "BFCHW"}
+    denoise_case(args.out, "fastercache_sincos", sincos, 3, 8, 8, 8, 12, 6.0, seed=33, cache=faster)
+    denoise_case(args.out, "fastercache_rotary", rope, 2, 10, 10, 6, 12, 5.0, seed=34, cache=faster)
 
 
 if __name__ == "__main__":

@@ -109,7 +109,7 @@ fn forward(p: &str, batch: usize, repeats: usize, seed: u64) -> Result<ExitCode,
         &device,
     );
     let branch = if batch == 2 { Branch::Cfg(CfgOrder::UncondFirst) } else { Branch::Unguided };
-    let ctx = CallContext { step: StepContext { step: 0, num_steps: 1, timestep: 500.0 }, branch, batch_size: batch };
+    let ctx = CallContext::new(StepContext { step: 0, num_steps: 1, timestep: 500.0 }, branch, batch);
     let mut times = Vec::new();
     for i in 0..=repeats {
         let input =

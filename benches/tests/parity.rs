@@ -1,0 +1,63 @@
+//! Every committed parity case passes against diffusers' numbers; a case whose reference is off fails.
+
+use std::path::{Path, PathBuf};
+
+use benches::backend::{device, Backend};
+use benches::parity::{expand_case_dirs, run_case};
+use models::weights::{read_safetensors, save_safetensors};
+
+fn cases_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/cases")
+}
+
+#[test]
+fn every_committed_case_passes() {
+    let cases = expand_case_dirs(&[cases_root()]);
+    assert!(cases.len() >= 7, "expected the committed cases, found {cases:?}");
+    let mut failures = Vec::new();
+    for dir in &cases {
+        let report = run_case::<Backend>(dir, &device());
+        println!("{}", serde_json::to_string(&report).unwrap());
+        if !report.pass {
+            failures.push(report);
+        }
+    }
+    assert!(failures.is_empty(), "failing cases: {failures:?}");
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), to).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_perturbed_reference_fails_and_a_broken_case_reports_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = tmp.path().join("forward_sincos");
+    copy_dir(&cases_root().join("forward_sincos"), &case);
+    let path = case.join("case.safetensors");
+    let mut t = read_safetensors(&path).unwrap();
+    // 1e-4 relative noise on the expected sample: ten times the tolerance.
+    let sample = t.get_mut("sample").unwrap();
+    for (i, v) in sample.data.iter_mut().enumerate() {
+        *v *= 1.0 + if i % 2 == 0 { 1e-4 } else { -1e-4 };
+    }
+    save_safetensors(&path, &t).unwrap();
+    let report = run_case::<Backend>(&case, &device());
+    assert!(!report.pass);
+    let err = report.rel_l2.unwrap();
+    assert!(err > 5e-5 && err < 2e-4, "rel_l2 {err}");
+
+    std::fs::remove_file(case.join("transformer/diffusion_pytorch_model.safetensors")).unwrap();
+    let report = run_case::<Backend>(&case, &device());
+    assert!(!report.pass);
+    assert!(report.error.unwrap().contains("diffusion_pytorch_model.safetensors"));
+}
