@@ -120,17 +120,17 @@ fn try_run_case<B: Backend>(dir: &Path, device: &B::Device) -> Result<Outcome, S
     let spec_path = dir.join("case.json");
     let text = std::fs::read_to_string(&spec_path).map_err(|e| format!("cannot read {}: {e}", spec_path.display()))?;
     let spec: CaseSpec = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", spec_path.display()))?;
-    let tensors = read_safetensors(&dir.join("case.safetensors")).map_err(|e| e.to_string())?;
-    let model = CogVideoXTransformer3DModel::<B>::from_pretrained(&dir.join("transformer"), device)
-        .map_err(|e| e.to_string())?;
     let tol = spec.tolerance.rel_l2;
     match spec.kind.as_str() {
         "forward" => {
+            let tensors = read_safetensors(&dir.join("case.safetensors")).map_err(|e| e.to_string())?;
+            let model = CogVideoXTransformer3DModel::<B>::from_pretrained(&dir.join("transformer"), device)
+                .map_err(|e| e.to_string())?;
             let err = run_forward(&model, &tensors, device)?;
             Ok((spec.kind, err, tol, None))
         }
         "denoise" => {
-            let (err, decisions) = run_denoise(&model, dir, &spec, &tensors, device)?;
+            let (err, decisions) = run_denoise::<B>(dir, device)?;
             Ok((spec.kind, err, tol, decisions))
         }
         other => Err(format!("unknown case kind {other:?}")),
@@ -166,52 +166,79 @@ fn run_forward<B: Backend>(
     Ok(rel_l2(&out.data, &expected.data))
 }
 
-fn run_denoise<B: Backend>(
-    model: &CogVideoXTransformer3DModel<B>,
-    dir: &Path,
-    spec: &CaseSpec,
-    tensors: &BTreeMap<String, HostTensor>,
-    device: &B::Device,
-) -> Result<(f64, Option<bool>), String> {
+/// A denoise case, loaded: the model, its scheduler, the inputs, the cache configuration and the reference.
+pub struct DenoiseCase<B: Backend> {
+    /// The transformer.
+    pub model: CogVideoXTransformer3DModel<B>,
+    /// The scheduler, from `scheduler/scheduler_config.json`.
+    pub scheduler: CogVideoXDDIMScheduler,
+    /// What the generation starts from.
+    pub input: DenoiseInput<B>,
+    /// The case's cache strategy (`CacheConfig::None` when null).
+    pub cache: CacheConfig,
+    /// diffusers' final latents.
+    pub expected: HostTensor,
+    /// diffusers' decisions, when the case has a `trace.json`.
+    pub trace: Option<Vec<StepTrace>>,
+}
+
+/// Loads a denoise case directory.
+pub fn load_denoise_case<B: Backend>(dir: &Path, device: &B::Device) -> Result<DenoiseCase<B>, String> {
+    let spec_path = dir.join("case.json");
+    let text = std::fs::read_to_string(&spec_path).map_err(|e| format!("cannot read {}: {e}", spec_path.display()))?;
+    let spec: CaseSpec = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", spec_path.display()))?;
+    if spec.kind != "denoise" {
+        return Err(format!("{} is a {:?} case", dir.display(), spec.kind));
+    }
+    let tensors = read_safetensors(&dir.join("case.safetensors")).map_err(|e| e.to_string())?;
+    let model = CogVideoXTransformer3DModel::<B>::from_pretrained(&dir.join("transformer"), device)
+        .map_err(|e| e.to_string())?;
     let cache: CacheConfig = match &spec.cache {
         None | Some(serde_json::Value::Null) => CacheConfig::None,
         Some(v) => serde_json::from_value(v.clone()).map_err(|e| format!("case.json `cache`: {e}"))?,
     };
-    let mut strategy = crate::strategies::build::<B>(&cache, &model.host_info()).map_err(|e| e.to_string())?;
     let cfg = CogVideoXDDIMSchedulerConfig::from_json_file(&dir.join("scheduler").join("scheduler_config.json"))
         .map_err(|e| e.to_string())?;
     let mut scheduler = CogVideoXDDIMScheduler::new(cfg).map_err(|e| e.to_string())?;
     let steps = spec.num_inference_steps.ok_or("denoise case without num_inference_steps")?;
     let guidance = spec.guidance_scale.ok_or("denoise case without guidance_scale")?;
-    let expected_t: Vec<i64> = take(tensors, "timesteps")?.data.iter().map(|&v| v as i64).collect();
+    let expected_t: Vec<i64> = take(&tensors, "timesteps")?.data.iter().map(|&v| v as i64).collect();
     let ours_t = scheduler.set_timesteps(steps).map_err(|e| e.to_string())?.to_vec();
     if ours_t != expected_t {
         return Err(format!("timesteps differ: ours {ours_t:?}, diffusers {expected_t:?}"));
     }
     let input = DenoiseInput {
-        latents: take(tensors, "latents")?.to_tensor::<B, 5>(device),
-        prompt_embeds: take(tensors, "prompt_embeds")?.to_tensor::<B, 3>(device),
+        latents: take(&tensors, "latents")?.to_tensor::<B, 5>(device),
+        prompt_embeds: take(&tensors, "prompt_embeds")?.to_tensor::<B, 3>(device),
         negative_prompt_embeds: tensors.get("negative_prompt_embeds").map(|t| t.to_tensor::<B, 3>(device)),
         num_inference_steps: steps,
         guidance_scale: guidance,
     };
-    let expected = take(tensors, "final_latents")?;
-    let out = denoise(model, &mut scheduler, input, &mut strategy, DenoiseOptions::default())
-        .map_err(|e| e.to_string())?;
-    let out: Tensor<B, 5> = out;
-    let out = HostTensor::from_tensor(out);
-    if out.shape != expected.shape {
-        return Err(format!("final latents shape {:?}, expected {:?}", out.shape, expected.shape));
-    }
+    let expected = take(&tensors, "final_latents")?.clone();
     let trace_path = dir.join("trace.json");
-    let decisions = if trace_path.exists() {
+    let trace = if trace_path.exists() {
         let text = std::fs::read_to_string(&trace_path).map_err(|e| format!("{}: {e}", trace_path.display()))?;
-        let reference: TraceFile = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", trace_path.display()))?;
-        Some(decisions_match(&reference.steps, &strategy.stats().steps))
+        let t: TraceFile = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", trace_path.display()))?;
+        Some(t.steps)
     } else {
         None
     };
-    Ok((rel_l2(&out.data, &expected.data), decisions))
+    Ok(DenoiseCase { model, scheduler, input, cache, expected, trace })
+}
+
+fn run_denoise<B: Backend>(dir: &Path, device: &B::Device) -> Result<(f64, Option<bool>), String> {
+    let mut case = load_denoise_case::<B>(dir, device)?;
+    let mut strategy =
+        crate::strategies::build::<B>(&case.cache, &case.model.host_info()).map_err(|e| e.to_string())?;
+    let out = denoise(&case.model, &mut case.scheduler, case.input, &mut strategy, DenoiseOptions::default())
+        .map_err(|e| e.to_string())?;
+    let out: Tensor<B, 5> = out;
+    let out = HostTensor::from_tensor(out);
+    if out.shape != case.expected.shape {
+        return Err(format!("final latents shape {:?}, expected {:?}", out.shape, case.expected.shape));
+    }
+    let decisions = case.trace.map(|t| decisions_match(&t, &strategy.stats().steps));
+    Ok((rel_l2(&out.data, &case.expected.data), decisions))
 }
 
 /// `trace.json`.

@@ -43,13 +43,20 @@ pub struct FirstBlockCache<B: Backend> {
     states: StateMap<usize, FbcState<B>>,
     memory: MemoryLedger,
     stats: CacheStats,
+    last_changes: Vec<f32>,
 }
 
 impl<B: Backend> FirstBlockCache<B> {
     /// An engine with this configuration (validate it first with `CacheConfig::validate`).
     pub fn new(config: FirstBlockCacheConfig) -> Self {
         let memory = MemoryLedger::new(config.memory_budget_bytes);
-        Self { config, states: StateMap::default(), memory, stats: CacheStats::default() }
+        Self { config, states: StateMap::default(), memory, stats: CacheStats::default(), last_changes: Vec::new() }
+    }
+
+    /// The relative residual changes measured at the last call (one per sample with `per_sample`, else one);
+    /// empty when that call had no reference to compare with. Useful to choose a threshold.
+    pub fn last_changes(&self) -> &[f32] {
+        &self.last_changes
     }
 
     /// The configuration.
@@ -90,6 +97,7 @@ impl<B: Backend> CacheStrategy<B> for FirstBlockCache<B> {
         self.states.clear();
         self.memory.reset();
         self.stats = CacheStats::default();
+        self.last_changes.clear();
     }
 
     fn after_head_block(&mut self, ctx: &CallContext, input: &JointStates<B>, output: &JointStates<B>) -> TailPlan<B> {
@@ -98,13 +106,14 @@ impl<B: Backend> CacheStrategy<B> for FirstBlockCache<B> {
         let forced = self.config.max_consecutive_skips.is_some_and(|m| {
             self.states.get(ctx, ctx.batch_size).is_some_and(|s| s.consecutive_skips >= m)
         });
-        let skips: Vec<bool> = match self.states.get(ctx, ctx.batch_size) {
-            Some(FbcState { head_residual: Some(prev), tail: Some(_), .. }) if !warm && !forced => self
-                .relative_change(&residual, prev)
-                .into_iter()
-                .map(|change| !((change as f64) > self.config.threshold))
-                .collect(),
-            _ => vec![false],
+        self.last_changes = match self.states.get(ctx, ctx.batch_size) {
+            Some(FbcState { head_residual: Some(prev), tail: Some(_), .. }) => self.relative_change(&residual, prev),
+            _ => Vec::new(),
+        };
+        let skips: Vec<bool> = if self.last_changes.is_empty() || warm || forced {
+            vec![false]
+        } else {
+            self.last_changes.iter().map(|&change| !((change as f64) > self.config.threshold)).collect()
         };
         let all_skip = skips.iter().all(|&s| s);
         let any_skip = skips.iter().any(|&s| s);
