@@ -1,5 +1,7 @@
 //! The `ditcache` command-line tool's library: parity replay, model presets, and the backend of this build.
 
 pub mod backend;
+pub mod bench;
 pub mod parity;
 pub mod strategies;
+pub mod tune;

@@ -1,7 +1,9 @@
 //! Builds a cache strategy from its configuration.
 
 use burn::tensor::backend::Backend;
-use cache_core::{CacheConfig, CacheStrategy, ConfigError, HostInfo, Identity, Stack};
+use cache_core::{
+    CacheConfig, CacheStrategy, ConfigError, HostInfo, Identity, PyramidAttentionBroadcastConfig, Stack, WeightSchedule,
+};
 use cache_fastercache::FasterCache;
 use cache_fbc::FirstBlockCache;
 use cache_pab::PyramidAttentionBroadcast;
@@ -40,9 +42,19 @@ pub fn label(config: &CacheConfig) -> String {
             if let Some(x) = c.cross_attention_block_skip_range {
                 parts.push(format!("x{x}"));
             }
+            let w = c.spatial_attention_timestep_skip_range;
+            if w != PyramidAttentionBroadcastConfig::default().spatial_attention_timestep_skip_range {
+                parts.push(format!("{}-{}", w.0, w.1));
+            }
             format!("pab({})", parts.join(","))
         }
-        CacheConfig::FasterCache(_) => "fastercache".into(),
+        CacheConfig::FasterCache(c) => {
+            let w = match c.attention_weight {
+                WeightSchedule::Constant(w) => format!("{w}"),
+                WeightSchedule::Linear { start, end } => format!("{start}..{end}"),
+            };
+            format!("fastercache(u{},w{w})", c.unconditional_batch_skip_range)
+        }
         CacheConfig::Stack { strategies } => strategies.iter().map(label).collect::<Vec<_>>().join("+"),
     }
 }

@@ -87,8 +87,12 @@ impl CacheStats {
             let e = self.step_mut(s.step, s.timestep);
             e.blocks = e.blocks.or(s.blocks);
             e.uncond = e.uncond.or(s.uncond);
+            // In a stack the first member that reuses decides, so a site was skipped if any member skipped it.
             for (k, v) in &s.attention {
-                e.attention.entry(k.clone()).or_insert(*v);
+                let d = e.attention.entry(k.clone()).or_insert(*v);
+                if *v == Decision::Skip {
+                    *d = Decision::Skip;
+                }
             }
         }
     }

@@ -6,7 +6,7 @@
 //! `attn1.to_out.0` is `attn1.to_out`, `ff.net.0.proj` is `ff.net_0_proj` and `ff.net.2` is `ff.net_2`.
 
 use burn::module::Module;
-use burn::tensor::activation::{gelu_approximate, silu};
+use burn::tensor::activation::silu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
@@ -18,7 +18,7 @@ use cache_core::{
 use crate::config::CogVideoXConfig;
 use crate::embeddings;
 use crate::error::{ModelError, Result};
-use crate::nn::{LayerNorm, Linear};
+use crate::nn::{gelu_tanh, LayerNorm, Linear};
 use crate::weights::{VarBuilder, WeightSource};
 
 /// Positional information for one input size, computed once per generation
@@ -231,7 +231,7 @@ impl<B: Backend> FeedForward<B> {
     /// # Shapes
     /// `[B, L, D]` → `[B, L, D]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.net_2.forward(gelu_approximate(self.net_0_proj.forward(x)))
+        self.net_2.forward(gelu_tanh(self.net_0_proj.forward(x)))
     }
 }
 

@@ -90,3 +90,14 @@ impl<B: Backend> LayerNorm<B> {
         y
     }
 }
+
+/// GELU with the tanh approximation (`GELU(approximate="tanh")`), as `x / (1 + exp(−2u))` with
+/// `u = √(2/π)·(x + 0.044715·x³)`: equal to `0.5·x·(1 + tanh(u))`, at one `exp` and one division per element
+/// instead of `powf` and `tanh` (a quarter of the S model's CPU time with burn's `gelu_approximate`).
+/// A true division, not `recip()`, which may be an approximate reciprocal on SIMD backends.
+pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    const TWO_SQRT_2_OVER_PI: f64 = 2.0 * 0.797_884_560_802_865_4;
+    let cube = x.clone() * x.clone() * x.clone();
+    let minus_2u = (cube * 0.044715 + x.clone()) * (-TWO_SQRT_2_OVER_PI);
+    x / (minus_2u.exp() + 1.0)
+}

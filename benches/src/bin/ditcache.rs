@@ -9,8 +9,10 @@ use benches::parity::{expand_case_dirs, run_case};
 use burn::tensor::{Distribution, Tensor};
 use cache_core::{Branch, CallContext, CfgOrder, Identity, StepContext};
 use clap::{Parser, Subcommand};
+use benches::bench::{add_comparison, config_label, svg_plot, table, BenchOptions};
+use cache_core::CacheConfig;
 use models::weights::save_safetensors;
-use models::{CogVideoXConfig, CogVideoXTransformer3DModel, ForwardInput, WeightSource};
+use models::{CogVideoXConfig, CogVideoXTransformer3DModel, ForwardInput, HostTensor, WeightSource};
 
 #[derive(Parser)]
 #[command(name = "ditcache", about = "Training-free caching of diffusion transformers on burn", version)]
@@ -42,6 +44,10 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// The main job: times the uncached baseline and each strategy on one model and prints the table.
+    Bench(BenchArgs),
+    /// Searches the engines' parameters for the fastest configuration that meets a quality target.
+    Tune(TuneArgs),
     /// Writes a preset model with random weights as a diffusers model directory (config.json + safetensors).
     ExportModel {
         /// `s`, `2b` or `5b`.
@@ -54,6 +60,195 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// `s` (benchmark model S, random weights), `2b`, `5b`, or a diffusers model directory.
+    #[arg(long, default_value = "s")]
+    model: String,
+    /// Weight seed for preset models.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Seed of the initial latents and prompt embeddings.
+    #[arg(long, default_value_t = 0)]
+    input_seed: u64,
+    /// Denoising steps.
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Classifier-free guidance scale.
+    #[arg(long, default_value_t = 6.0)]
+    guidance: f64,
+    /// Timed generations per strategy (the median is reported), after one warm-up.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Strategy config files (JSON or TOML); replaces the default list. Repeatable.
+    #[arg(long = "strategy")]
+    strategies: Vec<PathBuf>,
+    /// Write the report as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Draw speedup against PSNR as SVG.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Add diffusers' times from `tools/reference/peer_timing.py`'s JSON.
+    #[arg(long)]
+    compare: Option<PathBuf>,
+    /// Write what `tools/reference/peer_timing.py` needs (model, inputs, strategies) to this directory.
+    #[arg(long)]
+    export: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct TuneArgs {
+    /// `s`, `2b`, `5b`, or a diffusers model directory.
+    #[arg(long, default_value = "s")]
+    model: String,
+    /// Weight seed for preset models.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Seed of the initial latents and prompt embeddings.
+    #[arg(long, default_value_t = 0)]
+    input_seed: u64,
+    /// Denoising steps.
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Classifier-free guidance scale.
+    #[arg(long, default_value_t = 6.0)]
+    guidance: f64,
+    /// Quality target: minimum PSNR (dB) of the final latents vs uncached.
+    #[arg(long, conflicts_with = "max_rel_l2")]
+    min_psnr: Option<f64>,
+    /// Quality target: maximum rel_l2 of the final latents vs uncached.
+    #[arg(long)]
+    max_rel_l2: Option<f64>,
+    /// Extra timed runs of the three fastest passing configurations.
+    #[arg(long, default_value_t = 2)]
+    confirm: usize,
+    /// Write the winning configuration here (`.toml` or JSON).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn tune(a: TuneArgs) -> Result<ExitCode, String> {
+    use benches::tune::Target;
+    let target = match (a.min_psnr, a.max_rel_l2) {
+        (Some(p), None) => Target::MinPsnr(p),
+        (None, Some(e)) => Target::MaxRelL2(e),
+        _ => return Err("give one quality target: --min-psnr DB or --max-rel-l2 X".into()),
+    };
+    let device = backend::device();
+    let (model, _) = load_model(&a.model, a.seed, &device)?;
+    let opts = BenchOptions { steps: a.steps, guidance: a.guidance, repeats: 1, seed: a.input_seed, progress: true };
+    let (candidates, base) = benches::tune::tune(&model, &opts, target, a.confirm, &device)?;
+    println!("baseline {base:.2} s; target {target:?}\n");
+    println!("| configuration | time (s) | speedup | ideal | PSNR (dB) | rel_l2 | meets target |\n|---|---:|---:|---:|---:|---:|:-:|");
+    for c in &candidates {
+        println!(
+            "| {} | {:.2} | {:.2}× | {:.2}× | {:.1} | {:.2e} | {} |",
+            c.name, c.time_s, c.speedup, c.ideal_speedup, c.psnr, c.rel_l2, if c.meets { "yes" } else { "no" }
+        );
+    }
+    let Some(best) = candidates.iter().find(|c| c.meets && c.ideal_speedup > 1.0 && c.speedup > 1.0) else {
+        println!("\nno configuration meets the target faster than the baseline");
+        return Ok(ExitCode::FAILURE);
+    };
+    let text = match &a.out {
+        Some(p) if p.extension().is_some_and(|e| e == "toml") => toml_string(&best.config)?,
+        _ => serde_json::to_string_pretty(&best.config).expect("json"),
+    };
+    println!("\nfastest meeting the target: {} ({:.2}× measured)\n{text}", best.name, best.speedup);
+    if let Some(p) = &a.out {
+        std::fs::write(p, &text).map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn toml_string(cfg: &CacheConfig) -> Result<String, String> {
+    // TOML has no null: drop the unset optional fields through JSON first.
+    fn strip(v: serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => serde_json::Value::Object(m.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, strip(v))).collect()),
+            serde_json::Value::Array(a) => serde_json::Value::Array(a.into_iter().map(strip).collect()),
+            other => other,
+        }
+    }
+    let v = strip(serde_json::to_value(cfg).expect("json"));
+    toml::to_string(&v).map_err(|e| e.to_string())
+}
+
+fn load_model(name: &str, seed: u64, device: &burn::tensor::Device<Backend>) -> Result<(CogVideoXTransformer3DModel<Backend>, WeightSource), String> {
+    let path = std::path::Path::new(name);
+    if path.is_dir() {
+        let m = CogVideoXTransformer3DModel::<Backend>::from_pretrained(path, device).map_err(|e| e.to_string())?;
+        return Ok((m, WeightSource::from_tensors(Default::default())));
+    }
+    let cfg = preset(name)?;
+    let mut weights = WeightSource::random(seed);
+    let m = CogVideoXTransformer3DModel::<Backend>::load(&cfg, &mut weights, device).map_err(|e| e.to_string())?;
+    Ok((m, weights))
+}
+
+fn write_model_dir(cfg: &CogVideoXConfig, weights: &WeightSource, out: &std::path::Path) -> Result<(), String> {
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let mut json = serde_json::to_value(cfg).expect("serialisable");
+    json["_class_name"] = "CogVideoXTransformer3DModel".into();
+    std::fs::write(out.join("config.json"), serde_json::to_string_pretty(&json).expect("json")).map_err(|e| e.to_string())?;
+    let drawn = weights.drawn().ok_or("only preset models with random weights can be exported")?;
+    save_safetensors(&out.join("diffusion_pytorch_model.safetensors"), drawn).map_err(|e| e.to_string())
+}
+
+fn bench(a: BenchArgs) -> Result<ExitCode, String> {
+    let device = backend::device();
+    let (model, weights) = load_model(&a.model, a.seed, &device)?;
+    let strategies = if a.strategies.is_empty() {
+        benches::bench::default_strategies(&model.host_info())
+    } else {
+        a.strategies
+            .iter()
+            .map(|p| {
+                let cfg = CacheConfig::from_file(p).map_err(|e| e.to_string())?;
+                let name = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| config_label(&cfg));
+                Ok((name, cfg))
+            })
+            .collect::<Result<Vec<_>, String>>()?
+    };
+    if a.repeats == 0 {
+        return Err("--repeats must be at least 1".into());
+    }
+    if let Some(dir) = &a.export {
+        if std::path::Path::new(&a.model).is_dir() {
+            return Err("--export writes preset models; for a model directory, give it to peer_timing.py directly".into());
+        }
+        write_model_dir(&model.config, &weights, &dir.join("transformer"))?;
+        let input = benches::bench::bench_inputs(&model, a.steps, a.guidance, a.input_seed, &device);
+        let mut t = std::collections::BTreeMap::new();
+        t.insert("latents".to_string(), HostTensor::from_tensor(input.latents));
+        t.insert("prompt_embeds".to_string(), HostTensor::from_tensor(input.prompt_embeds));
+        t.insert("negative_prompt_embeds".to_string(), HostTensor::from_tensor(input.negative_prompt_embeds.expect("cfg")));
+        save_safetensors(&dir.join("inputs.safetensors"), &t).map_err(|e| e.to_string())?;
+        let spec = serde_json::json!({
+            "steps": a.steps, "guidance_scale": a.guidance,
+            "strategies": strategies.iter().map(|(n, c)| serde_json::json!({"strategy": n, "cache": c})).collect::<Vec<_>>(),
+        });
+        std::fs::write(dir.join("bench.json"), serde_json::to_string_pretty(&spec).expect("json")).map_err(|e| e.to_string())?;
+        eprintln!("wrote {}", dir.display());
+    }
+    let opts = BenchOptions { steps: a.steps, guidance: a.guidance, repeats: a.repeats, seed: a.input_seed, progress: true };
+    let mut report = benches::bench::run(&model, &a.model, &strategies, &opts, &device)?;
+    if let Some(p) = &a.compare {
+        let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let peer: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?;
+        add_comparison(&mut report, &peer)?;
+    }
+    println!("{}", table(&report));
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&report).expect("json")).map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    if let Some(p) = &a.plot {
+        std::fs::write(p, svg_plot(&report)).map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn preset(name: &str) -> Result<CogVideoXConfig, String> {
@@ -71,6 +266,8 @@ fn main() -> ExitCode {
         Command::Parity { cases } => parity(&cases),
         Command::Forward { preset: p, batch, repeats, seed } => forward(&p, batch, repeats, seed),
         Command::ExportModel { preset: p, seed, out } => export(&p, seed, &out),
+        Command::Bench(a) => bench(a),
+        Command::Tune(a) => tune(a),
     };
     match result {
         Ok(code) => code,
@@ -134,17 +331,9 @@ fn forward(p: &str, batch: usize, repeats: usize, seed: u64) -> Result<ExitCode,
 }
 
 fn export(p: &str, seed: u64, out: &std::path::Path) -> Result<ExitCode, String> {
-    let cfg = preset(p)?;
     let device = backend::device();
-    let mut weights = WeightSource::random(seed);
-    CogVideoXTransformer3DModel::<Backend>::load(&cfg, &mut weights, &device).map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let mut json = serde_json::to_value(&cfg).expect("serialisable");
-    json["_class_name"] = "CogVideoXTransformer3DModel".into();
-    std::fs::write(out.join("config.json"), serde_json::to_string_pretty(&json).expect("json"))
-        .map_err(|e| e.to_string())?;
-    let drawn = weights.drawn().expect("random source");
-    save_safetensors(&out.join("diffusion_pytorch_model.safetensors"), drawn).map_err(|e| e.to_string())?;
-    println!("wrote {} ({} tensors)", out.display(), drawn.len());
+    let (model, weights) = load_model(p, seed, &device)?;
+    write_model_dir(&model.config, &weights, out)?;
+    println!("wrote {}", out.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,68 @@
+//! Criterion benches: the denoise loop per strategy, on a tiny model (quick) and on the S model.
+//! Backend by the crate's features (`ndarray` default, `wgpu`, `cuda`).
+//!
+//!     cargo bench -p benches                  # everything (a few minutes on 2 cores)
+//!     cargo bench -p benches -- tiny          # the tiny model only
+
+use std::time::Duration;
+
+use benches::backend::{device, Backend};
+use benches::bench::{bench_inputs, default_strategies};
+use benches::strategies::build;
+use cache_core::{CacheConfig, CacheStrategy, Identity};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use models::{
+    denoise, CogVideoXConfig, CogVideoXDDIMScheduler, CogVideoXDDIMSchedulerConfig, CogVideoXTransformer3DModel,
+    DenoiseOptions, WeightSource,
+};
+
+fn tiny() -> CogVideoXConfig {
+    CogVideoXConfig {
+        num_attention_heads: 2,
+        attention_head_dim: 16,
+        in_channels: 4,
+        out_channels: Some(4),
+        time_embed_dim: 32,
+        text_embed_dim: 24,
+        num_layers: 4,
+        sample_width: 8,
+        sample_height: 8,
+        sample_frames: 9,
+        max_text_seq_length: 8,
+        ..CogVideoXConfig::default()
+    }
+}
+
+fn bench_model(c: &mut Criterion, name: &str, cfg: CogVideoXConfig, steps: usize, samples: usize) {
+    let dev = device();
+    let model = CogVideoXTransformer3DModel::<Backend>::load(&cfg, &mut WeightSource::random(0), &dev).unwrap();
+    let scheduler = CogVideoXDDIMScheduler::new(CogVideoXDDIMSchedulerConfig::cogvideox()).unwrap();
+    let input = bench_inputs(&model, steps, 6.0, 0, &dev);
+    let mut group = c.benchmark_group(format!("denoise/{name}-{steps}steps"));
+    group.sample_size(samples).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
+    let mut rows = vec![("baseline".to_string(), CacheConfig::None)];
+    rows.extend(default_strategies(&model.host_info()));
+    for (label, cfg) in rows {
+        // The id names the strategy and its parameters, so criterion compares like with like across runs.
+        let id = format!("{label} {}", serde_json::to_string(&cfg).unwrap());
+        group.bench_function(BenchmarkId::from_parameter(id), |b| {
+            b.iter(|| {
+                let mut s: Box<dyn CacheStrategy<Backend>> = match &cfg {
+                    CacheConfig::None => Box::new(Identity),
+                    other => build::<Backend>(other, &model.host_info()).unwrap(),
+                };
+                let mut sch = scheduler.clone();
+                denoise(&model, &mut sch, input.clone(), &mut s, DenoiseOptions::default()).unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
+fn benches(c: &mut Criterion) {
+    bench_model(c, "tiny", tiny(), 12, 20);
+    bench_model(c, "S", CogVideoXConfig::bench_s(), 4, 10);
+}
+
+criterion_group!(denoise_benches, benches);
+criterion_main!(denoise_benches);

@@ -1,0 +1,361 @@
+//! `ditcache bench`: the uncached baseline and a list of strategies, timed and compared on one model.
+
+use std::time::Instant;
+
+use burn::tensor::{backend::Backend, Tensor};
+use cache_core::{CacheConfig, CacheStats, Decision, FasterCacheConfig, FirstBlockCacheConfig, HostInfo, Identity, Preset,
+    PyramidAttentionBroadcastConfig, WorkModel};
+use indicatif::{ProgressBar, ProgressStyle};
+use models::weights::randn;
+use models::{
+    denoise, CogVideoXDDIMScheduler, CogVideoXDDIMSchedulerConfig, CogVideoXTransformer3DModel, DenoiseInput,
+    DenoiseOptions, HostTensor,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::parity::rel_l2;
+use crate::strategies::{build, label};
+
+/// The default strategy list: FBC 0.05 / 0.1 / 0.2, PAB spatial 2, FasterCache with diffusers' CogVideoX
+/// example settings, and the three presets.
+pub fn default_strategies(host: &HostInfo) -> Vec<(String, CacheConfig)> {
+    let fbc = |t| CacheConfig::FirstBlockCache(FirstBlockCacheConfig { threshold: t, ..Default::default() });
+    let mut v = vec![
+        ("fbc(0.05)".to_string(), fbc(0.05)),
+        ("fbc(0.1)".to_string(), fbc(0.1)),
+        ("fbc(0.2)".to_string(), fbc(0.2)),
+        (
+            "pab(s2)".to_string(),
+            CacheConfig::PyramidAttentionBroadcast(PyramidAttentionBroadcastConfig {
+                spatial_attention_block_skip_range: Some(2),
+                ..Default::default()
+            }),
+        ),
+        ("fastercache".to_string(), CacheConfig::FasterCache(FasterCacheConfig::cogvideox())),
+    ];
+    for (name, p) in [("quality", Preset::Quality), ("balanced", Preset::Balanced), ("speed", Preset::Speed)] {
+        v.push((name.to_string(), CacheConfig::preset(p, host)));
+    }
+    v
+}
+
+/// What a generation starts from, drawn from a seed.
+pub fn bench_inputs<B: Backend>(
+    model: &CogVideoXTransformer3DModel<B>,
+    steps: usize,
+    guidance: f64,
+    seed: u64,
+    device: &B::Device,
+) -> DenoiseInput<B> {
+    let c = &model.config;
+    let frames = (c.sample_frames - 1) / c.temporal_compression_ratio + 1;
+    let text = [1, c.max_text_seq_length, c.text_embed_dim];
+    DenoiseInput {
+        latents: randn(seed, &[1, frames, c.in_channels, c.sample_height, c.sample_width]).to_tensor(device),
+        prompt_embeds: randn(seed + 1, &text).to_tensor(device),
+        negative_prompt_embeds: Some(randn(seed + 2, &text).to_tensor(device)),
+        num_inference_steps: steps,
+        guidance_scale: guidance,
+    }
+}
+
+/// One row of the table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Row {
+    /// Strategy name.
+    pub strategy: String,
+    /// Median wall time of one generation, seconds.
+    pub time_s: f64,
+    /// Baseline time ÷ this time.
+    pub speedup: f64,
+    /// The speedup the skip counts imply.
+    pub ideal_speedup: f64,
+    /// speedup ÷ ideal_speedup.
+    pub efficiency: f64,
+    /// ‖ours − baseline‖ / ‖baseline‖ of the final latents.
+    pub rel_l2: f64,
+    /// PSNR of the final latents vs the baseline's, dB (peak = max |baseline|).
+    pub psnr: f64,
+    /// Most bytes the strategy held at once.
+    pub cache_peak_bytes: usize,
+    /// Attention sites computed.
+    pub attention_computed: usize,
+    /// Attention sites reused or extrapolated.
+    pub attention_reused: usize,
+    /// Steps whose tail blocks were skipped.
+    pub blocks_skipped: usize,
+    /// Steps whose unconditional branch was approximated.
+    pub uncond_approximated: usize,
+    /// The configuration.
+    pub config: CacheConfig,
+    /// diffusers' time for the same strategy, when compared.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diffusers_time_s: Option<f64>,
+}
+
+/// `ditcache bench --json` output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// CPU model and core count.
+    pub machine: String,
+    /// Backend of this build.
+    pub backend: String,
+    /// Model name.
+    pub model: String,
+    /// Denoising steps.
+    pub steps: usize,
+    /// Guidance scale.
+    pub guidance_scale: f64,
+    /// Timed repeats per row (median taken).
+    pub repeats: usize,
+    /// Rows, the baseline first.
+    pub rows: Vec<Row>,
+}
+
+/// The machine, as `CPU model (N cores)`.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    format!("{cpu} ({cores} cores)")
+}
+
+/// PSNR in dB with peak = max |reference|.
+pub fn psnr(ours: &[f32], reference: &[f32]) -> f64 {
+    let peak = reference.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
+    let mse = ours.iter().zip(reference).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum::<f64>() / reference.len().max(1) as f64;
+    if mse == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (peak * peak / mse).log10()
+    }
+}
+
+/// Options of [`run`].
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Denoising steps.
+    pub steps: usize,
+    /// Guidance scale.
+    pub guidance: f64,
+    /// Timed repeats per row.
+    pub repeats: usize,
+    /// Input seed.
+    pub seed: u64,
+    /// Draw a progress bar.
+    pub progress: bool,
+}
+
+/// The work model of a CogVideoX model at its sample size.
+pub fn work_model<B: Backend>(model: &CogVideoXTransformer3DModel<B>) -> WorkModel {
+    let c = &model.config;
+    let frames = (c.sample_frames - 1) / c.temporal_compression_ratio + 1;
+    let tokens = c.max_text_seq_length + frames * (c.sample_height / c.patch_size) * (c.sample_width / c.patch_size);
+    WorkModel { num_blocks: c.num_layers, attention_share: model.attention_share(tokens) }
+}
+
+/// One generation with a strategy (`None`: uncached): final latents, stats, peak bytes, seconds.
+pub fn generate<B: Backend>(
+    model: &CogVideoXTransformer3DModel<B>,
+    scheduler: &CogVideoXDDIMScheduler,
+    input: &DenoiseInput<B>,
+    config: Option<&CacheConfig>,
+) -> Result<(Vec<f32>, CacheStats, usize, f64), String> {
+    let mut scheduler = scheduler.clone();
+    let start = Instant::now();
+    let (out, stats, peak): (Tensor<B, 5>, CacheStats, usize) = match config {
+        None => (denoise(model, &mut scheduler, input.clone(), &mut Identity, DenoiseOptions::default()).map_err(|e| e.to_string())?, CacheStats::default(), 0),
+        Some(cfg) => {
+            let mut s = build::<B>(cfg, &model.host_info()).map_err(|e| e.to_string())?;
+            let out = denoise(model, &mut scheduler, input.clone(), &mut s, DenoiseOptions::default()).map_err(|e| e.to_string())?;
+            (out, s.stats(), s.peak_bytes())
+        }
+    };
+    let data = HostTensor::from_tensor(out).data;
+    Ok((data, stats, peak, start.elapsed().as_secs_f64()))
+}
+
+/// Runs the baseline and each strategy `repeats` times (after one warm-up generation) and builds the report.
+pub fn run<B: Backend>(
+    model: &CogVideoXTransformer3DModel<B>,
+    model_name: &str,
+    strategies: &[(String, CacheConfig)],
+    opts: &BenchOptions,
+    device: &B::Device,
+) -> Result<Report, String> {
+    let scheduler = CogVideoXDDIMScheduler::new(CogVideoXDDIMSchedulerConfig::cogvideox()).map_err(|e| e.to_string())?;
+    for (name, cfg) in strategies {
+        cfg.check_host(&model.host_info()).map_err(|e| format!("{name}: {e}"))?;
+    }
+    let input = bench_inputs(model, opts.steps, opts.guidance, opts.seed, device);
+    let work = work_model(model);
+    let total = (1 + (strategies.len() + 1) * opts.repeats) as u64;
+    let bar = if opts.progress { ProgressBar::new(total) } else { ProgressBar::hidden() };
+    bar.set_style(ProgressStyle::with_template("{msg:>14} {bar:30} {pos}/{len} generations [{elapsed_precise}<{eta_precise}]").expect("template"));
+    bar.set_message("warm-up");
+    generate(model, &scheduler, &input, None)?;
+    bar.inc(1);
+
+    let mut rows = Vec::new();
+    let mut baseline: Option<(Vec<f32>, f64)> = None;
+    let all = std::iter::once(("baseline".to_string(), None)).chain(strategies.iter().map(|(n, c)| (n.clone(), Some(c))));
+    for (name, cfg) in all {
+        bar.set_message(name.clone());
+        let mut times = Vec::new();
+        let mut first = None;
+        for _ in 0..opts.repeats {
+            let (data, stats, peak, secs) = generate(model, &scheduler, &input, cfg)?;
+            times.push(secs);
+            first.get_or_insert((data, stats, peak));
+            bar.inc(1);
+        }
+        times.sort_by(f64::total_cmp);
+        let time = times[times.len() / 2];
+        let (data, stats, peak) = first.expect("repeats >= 1");
+        let (base, base_time) = baseline.get_or_insert_with(|| (data.clone(), time)).clone();
+        let ideal = stats.ideal_speedup(&work, opts.steps);
+        let speedup = base_time / time;
+        let attn: (usize, usize) = stats.steps.iter().flat_map(|s| s.attention.values()).fold((0, 0), |(c, r), d| match d {
+            Decision::Compute => (c + 1, r),
+            Decision::Skip => (c, r + 1),
+        });
+        rows.push(Row {
+            strategy: name,
+            time_s: time,
+            speedup,
+            ideal_speedup: ideal,
+            efficiency: speedup / ideal,
+            rel_l2: rel_l2(&data, &base),
+            psnr: psnr(&data, &base),
+            cache_peak_bytes: peak,
+            attention_computed: attn.0,
+            attention_reused: attn.1,
+            blocks_skipped: stats.blocks().reused,
+            uncond_approximated: stats.uncond().reused,
+            config: cfg.cloned().unwrap_or(CacheConfig::None),
+            diffusers_time_s: None,
+        });
+    }
+    bar.finish_and_clear();
+    Ok(Report {
+        machine: machine(),
+        backend: crate::backend::NAME.into(),
+        model: model_name.into(),
+        steps: opts.steps,
+        guidance_scale: opts.guidance,
+        repeats: opts.repeats,
+        rows,
+    })
+}
+
+fn bytes(n: usize) -> String {
+    if n >= 1 << 20 {
+        format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64)
+    } else {
+        format!("{:.1} KiB", n as f64 / 1024.0)
+    }
+}
+
+/// The report as a Markdown table.
+pub fn table(report: &Report) -> String {
+    let compare = report.rows.iter().any(|r| r.diffusers_time_s.is_some());
+    let mut s = format!(
+        "model {} · {} steps · guidance {} · backend {} · {} · median of {}\n\n",
+        report.model, report.steps, report.guidance_scale, report.backend, report.machine, report.repeats
+    );
+    s += "| strategy | time (s) | speedup | ideal | efficiency | attn computed/reused | tail skipped | uncond approx. | rel_l2 | PSNR (dB) | cache peak |";
+    if compare {
+        s += " diffusers (s) | ours ÷ diffusers |";
+    }
+    s += "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
+    if compare {
+        s += "---:|---:|";
+    }
+    s += "\n";
+    for r in &report.rows {
+        s += &format!(
+            "| {} | {:.2} | {:.2}× | {:.2}× | {:.2} | {}/{} | {}/{} | {}/{} | {:.2e} | {} | {} |",
+            r.strategy,
+            r.time_s,
+            r.speedup,
+            r.ideal_speedup,
+            r.efficiency,
+            r.attention_computed,
+            r.attention_reused,
+            r.blocks_skipped,
+            report.steps,
+            r.uncond_approximated,
+            report.steps,
+            r.rel_l2,
+            if r.psnr.is_finite() { format!("{:.1}", r.psnr) } else { "∞".into() },
+            bytes(r.cache_peak_bytes),
+        );
+        if compare {
+            match r.diffusers_time_s {
+                Some(d) => s += &format!(" {:.2} | {:.2} |", d, r.time_s / d),
+                None => s += " – | – |",
+            }
+        }
+        s += "\n";
+    }
+    s
+}
+
+/// Fills `diffusers_time_s` from `tools/reference/peer_timing.py`'s JSON (`{"rows": [{"strategy", "time_s"}]}`).
+pub fn add_comparison(report: &mut Report, peer: &serde_json::Value) -> Result<(), String> {
+    let rows = peer.get("rows").and_then(|r| r.as_array()).ok_or("comparison file has no `rows` array")?;
+    for r in &mut report.rows {
+        r.diffusers_time_s = rows
+            .iter()
+            .find(|p| p.get("strategy").and_then(|s| s.as_str()) == Some(r.strategy.as_str()))
+            .and_then(|p| p.get("time_s")).and_then(|t| t.as_f64());
+    }
+    Ok(())
+}
+
+/// Speedup against PSNR as an SVG scatter plot.
+pub fn svg_plot(report: &Report) -> String {
+    let pts: Vec<(&str, f64, f64)> = report
+        .rows
+        .iter()
+        .skip(1)
+        .map(|r| (r.strategy.as_str(), r.speedup, if r.psnr.is_finite() { r.psnr } else { 100.0 }))
+        .collect();
+    let (w, h, m) = (720.0, 480.0, 60.0);
+    let xmax = pts.iter().map(|p| p.2).fold(20.0f64, f64::max) * 1.1;
+    let xmin = pts.iter().map(|p| p.2).fold(xmax, f64::min).min(20.0) * 0.9;
+    let ymax = pts.iter().map(|p| p.1).fold(1.5f64, f64::max) * 1.1;
+    let ymin = 0.0;
+    let x = |v: f64| m + (v - xmin) / (xmax - xmin) * (w - 2.0 * m);
+    let y = |v: f64| h - m - (v - ymin) / (ymax - ymin) * (h - 2.0 * m);
+    let mut s = format!(r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#);
+    s += &format!(r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    s += &format!(r#"<line x1="{m}" y1="{}" x2="{}" y2="{}" stroke="black"/>"#, h - m, w - m, h - m);
+    s += &format!(r#"<line x1="{m}" y1="{m}" x2="{m}" y2="{}" stroke="black"/>"#, h - m);
+    s += &format!(r#"<line x1="{m}" y1="{0}" x2="{1}" y2="{0}" stroke="gray" stroke-dasharray="4"/>"#, y(1.0), w - m);
+    for i in 0..=5 {
+        let v = xmin + (xmax - xmin) * i as f64 / 5.0;
+        s += &format!(r#"<text x="{}" y="{}" text-anchor="middle">{v:.0}</text>"#, x(v), h - m + 18.0);
+        let u = ymin + (ymax - ymin) * i as f64 / 5.0;
+        s += &format!(r#"<text x="{}" y="{}" text-anchor="end">{u:.2}×</text>"#, m - 6.0, y(u) + 4.0);
+    }
+    s += &format!(r#"<text x="{}" y="{}" text-anchor="middle">PSNR vs uncached latents (dB)</text>"#, w / 2.0, h - 15.0);
+    s += &format!(r#"<text x="15" y="{}" transform="rotate(-90 15 {})" text-anchor="middle">speedup (wall time)</text>"#, h / 2.0, h / 2.0);
+    s += &format!(
+        r#"<text x="{}" y="25" text-anchor="middle">{} · {} steps · {} · {}</text>"#,
+        w / 2.0, report.model, report.steps, report.backend, report.machine
+    );
+    for (name, sp, p) in pts {
+        s += &format!(r#"<circle cx="{}" cy="{}" r="5" fill="steelblue"/>"#, x(p), y(sp));
+        s += &format!(r#"<text x="{}" y="{}">{name}</text>"#, x(p) + 8.0, y(sp) - 6.0);
+    }
+    s += "</svg>\n";
+    s
+}
+
+/// `label` re-exported for the CLI's config-file rows.
+pub fn config_label(cfg: &CacheConfig) -> String {
+    label(cfg)
+}

@@ -1,0 +1,149 @@
+//! `ditcache tune`: the fastest configuration that meets a quality target, by measurement.
+//!
+//! Search: every single-engine candidate of a grid is run once; the fastest passing candidate of each
+//! engine is then combined with the others (every subset of two or three); the three fastest passing
+//! configurations are timed again (median of `confirm` runs) and the fastest wins.
+
+use burn::tensor::backend::Backend;
+use cache_core::{CacheConfig, FasterCacheConfig, FirstBlockCacheConfig, PyramidAttentionBroadcastConfig, WeightSchedule};
+use indicatif::{ProgressBar, ProgressStyle};
+use models::{CogVideoXDDIMScheduler, CogVideoXDDIMSchedulerConfig, CogVideoXTransformer3DModel};
+use serde::Serialize;
+
+use crate::bench::{bench_inputs, generate, psnr, work_model, BenchOptions};
+use crate::parity::rel_l2;
+use crate::strategies::label;
+
+/// A quality target against the uncached latents.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Target {
+    /// PSNR at least this (dB).
+    MinPsnr(f64),
+    /// rel_l2 at most this.
+    MaxRelL2(f64),
+}
+
+/// One evaluated configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Candidate {
+    /// Short label.
+    pub name: String,
+    /// The configuration.
+    pub config: CacheConfig,
+    /// Seconds per generation.
+    pub time_s: f64,
+    /// Baseline time ÷ time.
+    pub speedup: f64,
+    /// Ideal speedup from the skip counts.
+    pub ideal_speedup: f64,
+    /// PSNR vs uncached, dB.
+    pub psnr: f64,
+    /// rel_l2 vs uncached.
+    pub rel_l2: f64,
+    /// Whether it meets the target.
+    pub meets: bool,
+}
+
+fn grid() -> Vec<Vec<CacheConfig>> {
+    let fbc = [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5]
+        .map(|t| CacheConfig::FirstBlockCache(FirstBlockCacheConfig { threshold: t, ..Default::default() }))
+        .to_vec();
+    let mut pab = Vec::new();
+    for n in [2, 3, 4] {
+        for window in [(100.0, 800.0), (0.0, 1000.0)] {
+            pab.push(CacheConfig::PyramidAttentionBroadcast(PyramidAttentionBroadcastConfig {
+                spatial_attention_block_skip_range: Some(n),
+                spatial_attention_timestep_skip_range: window,
+                ..Default::default()
+            }));
+        }
+    }
+    let mut fc = Vec::new();
+    for uncond in [3, 5] {
+        for w in [0.3, 0.5] {
+            fc.push(CacheConfig::FasterCache(FasterCacheConfig {
+                unconditional_batch_skip_range: uncond,
+                attention_weight: WeightSchedule::Constant(w),
+                ..FasterCacheConfig::cogvideox()
+            }));
+        }
+    }
+    vec![fbc, pab, fc]
+}
+
+/// Runs the search; returns every candidate evaluated (fastest passing first) and the baseline time.
+pub fn tune<B: Backend>(
+    model: &CogVideoXTransformer3DModel<B>,
+    opts: &BenchOptions,
+    target: Target,
+    confirm: usize,
+    device: &B::Device,
+) -> Result<(Vec<Candidate>, f64), String> {
+    let scheduler = CogVideoXDDIMScheduler::new(CogVideoXDDIMSchedulerConfig::cogvideox()).map_err(|e| e.to_string())?;
+    let input = bench_inputs(model, opts.steps, opts.guidance, opts.seed, device);
+    let work = work_model(model);
+    let families = grid();
+    let singles: usize = families.iter().map(Vec::len).sum();
+    let bar = if opts.progress { ProgressBar::new((2 + singles + 4 + 3 * confirm) as u64) } else { ProgressBar::hidden() };
+    bar.set_style(ProgressStyle::with_template("{msg:>28} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}]").expect("template"));
+    bar.set_message("baseline");
+    generate(model, &scheduler, &input, None)?; // warm-up
+    let (base, _, _, base_time) = generate(model, &scheduler, &input, None)?;
+    bar.inc(2);
+
+    let evaluate = |cfg: CacheConfig, bar: &ProgressBar| -> Result<Candidate, String> {
+        let name = label(&cfg);
+        bar.set_message(name.clone());
+        let (data, stats, _, time) = generate(model, &scheduler, &input, Some(&cfg))?;
+        bar.inc(1);
+        let (p, e) = (psnr(&data, &base), rel_l2(&data, &base));
+        let meets = match target {
+            Target::MinPsnr(m) => p >= m,
+            Target::MaxRelL2(m) => e <= m,
+        };
+        Ok(Candidate { name, config: cfg, time_s: time, speedup: base_time / time, ideal_speedup: stats.ideal_speedup(&work, opts.steps), psnr: p, rel_l2: e, meets })
+    };
+
+    let mut all = Vec::new();
+    let mut best_per_family = Vec::new();
+    for family in families {
+        let mut results = family.into_iter().map(|c| evaluate(c, &bar)).collect::<Result<Vec<_>, _>>()?;
+        results.sort_by(|a, b| a.time_s.total_cmp(&b.time_s));
+        if let Some(best) = results.iter().find(|c| c.meets && c.ideal_speedup > 1.0) {
+            best_per_family.push(best.config.clone());
+        }
+        all.extend(results);
+    }
+    // Combinations of the families' best: FasterCache first (it decides the batch), then FBC, then PAB.
+    let n = best_per_family.len();
+    for mask in 1u32..(1 << n) {
+        if mask.count_ones() < 2 {
+            continue;
+        }
+        let mut members: Vec<CacheConfig> = (0..n).filter(|i| mask & (1 << i) != 0).map(|i| best_per_family[i].clone()).collect();
+        members.sort_by_key(|c| match c {
+            CacheConfig::FasterCache(_) => 0,
+            CacheConfig::FirstBlockCache(_) => 1,
+            _ => 2,
+        });
+        all.push(evaluate(CacheConfig::Stack { strategies: members }, &bar)?);
+    }
+    // Confirm the three fastest passing ones that skip any work with repeated timing (a configuration
+    // that skips nothing is only "faster" by noise).
+    all.sort_by(|a, b| b.meets.cmp(&a.meets).then(a.time_s.total_cmp(&b.time_s)));
+    for c in all.iter_mut().filter(|c| c.meets && c.ideal_speedup > 1.0).take(3) {
+        bar.set_message(format!("confirm {}", c.name));
+        let mut times = vec![c.time_s];
+        for _ in 0..confirm {
+            times.push(generate(model, &scheduler, &input, Some(&c.config))?.3);
+            bar.inc(1);
+        }
+        times.sort_by(f64::total_cmp);
+        c.time_s = times[times.len() / 2];
+        c.speedup = base_time / c.time_s;
+    }
+    bar.finish_and_clear();
+    let usable = |c: &Candidate| c.meets && c.ideal_speedup > 1.0;
+    all.sort_by(|a, b| usable(b).cmp(&usable(a)).then(a.time_s.total_cmp(&b.time_s)));
+    Ok((all, base_time))
+}

@@ -1,0 +1,64 @@
+//! The command-line tool's contracts: parity's exit status and JSON lines, tune's config output read back by
+//! the library, and the bench metrics on hand-derived numbers.
+
+use std::process::Command;
+
+use benches::bench::psnr;
+use benches::parity::rel_l2;
+use cache_core::CacheConfig;
+
+fn ditcache() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ditcache"))
+}
+
+#[test]
+fn metrics_on_hand_derived_numbers() {
+    // rel_l2: ||(1,2) - (1,0)|| / ||(1,0)|| = 2.
+    assert_eq!(rel_l2(&[1.0, 2.0], &[1.0, 0.0]), 2.0);
+    // PSNR: peak 2, MSE (0 + 1) / 2 = 0.5 → 10·log10(4 / 0.5) = 10·log10(8).
+    let p = psnr(&[2.0, -1.0], &[2.0, 0.0]);
+    assert!((p - 10.0 * 8f64.log10()).abs() < 1e-12, "{p}");
+    assert!(psnr(&[1.0], &[1.0]).is_infinite());
+}
+
+#[test]
+fn parity_reports_each_case_and_fails_on_an_unreadable_one() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/cases");
+    let ok = ditcache().args(["parity", &format!("{root}/forward_sincos"), &format!("{root}/fbc_1")]).output().unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(ok.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["decisions_match"], serde_json::Value::Bool(true));
+    for l in &lines {
+        for key in ["case", "kind", "rel_l2", "tolerance", "decisions_match", "pass"] {
+            assert!(l.get(key).is_some(), "{key} missing in {l}");
+        }
+    }
+    let missing = tempfile::tempdir().unwrap();
+    let bad = ditcache().args(["parity", missing.path().to_str().unwrap()]).output().unwrap();
+    assert!(!bad.status.success());
+    let line: serde_json::Value = serde_json::from_slice(&bad.stdout).unwrap();
+    assert_eq!(line["pass"], serde_json::Value::Bool(false));
+    assert!(line["error"].as_str().unwrap().contains("case.json"));
+}
+
+#[test]
+fn config_files_round_trip_in_json_and_toml() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml_path = dir.path().join("s.toml");
+    std::fs::write(
+        &toml_path,
+        "type = \"stack\"\n[[strategies]]\ntype = \"faster_cache\"\nattention_weight = { start = 0.2, end = 0.6 }\n\
+         [[strategies]]\ntype = \"first_block_cache\"\nthreshold = 0.1\n",
+    )
+    .unwrap();
+    let cfg = CacheConfig::from_file(&toml_path).unwrap();
+    let CacheConfig::Stack { strategies } = &cfg else { panic!("{cfg:?}") };
+    assert_eq!(strategies.len(), 2);
+    let json_path = dir.path().join("s.json");
+    std::fs::write(&json_path, serde_json::to_string(&cfg).unwrap()).unwrap();
+    assert_eq!(CacheConfig::from_file(&json_path).unwrap(), cfg);
+    std::fs::write(&json_path, r#"{"type": "first_block_cache", "threshold": -1}"#).unwrap();
+    assert!(matches!(CacheConfig::from_file(&json_path), Err(cache_core::ConfigError::Negative { .. })));
+}

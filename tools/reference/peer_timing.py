@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""Times diffusers on what `ditcache bench --export DIR` wrote: the same model weights, the same initial latents
+and prompt embeddings, the same steps, guidance and strategies. Writes JSON for `ditcache bench --compare`.
+
+    cargo run --release -p benches --bin ditcache -- bench --export /tmp/s-bench --repeats 1
+    python3 tools/reference/peer_timing.py /tmp/s-bench --threads 2 --out /tmp/diffusers.json
+    cargo run --release -p benches --bin ditcache -- bench --compare /tmp/diffusers.json
+
+A stack is applied as diffusers' hooks one after the other (apply_faster_cache, apply_first_block_cache,
+apply_pyramid_attention_broadcast), in the stack's order.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import torch
+from safetensors.torch import load_file
+from diffusers import CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
+from diffusers.hooks import (
+    FasterCacheConfig,
+    FirstBlockCacheConfig,
+    PyramidAttentionBroadcastConfig,
+    apply_faster_cache,
+    apply_first_block_cache,
+    apply_pyramid_attention_broadcast,
+)
+
+SCHEDULER = dict(
+    beta_end=0.012, beta_schedule="scaled_linear", beta_start=0.00085, clip_sample=False, num_train_timesteps=1000,
+    prediction_type="v_prediction", rescale_betas_zero_snr=True, sample_max_value=1.0, set_alpha_to_one=True,
+    snr_shift_scale=3.0, steps_offset=0, timestep_spacing="trailing",
+)
+
+# Fields of ours that diffusers does not have (extras, off by default).
+EXTRAS = {"warmup_steps", "max_consecutive_skips", "per_sample", "memory_budget_bytes", "compound_frequency_weights"}
+
+
+def apply(model, cache, pipe):
+    if cache["type"] == "none":
+        return
+    if cache["type"] == "stack":
+        for c in cache["strategies"]:
+            apply(model, c, pipe)
+        return
+    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cache.items() if k != "type" and k not in EXTRAS}
+    ts = lambda: pipe.current_timestep  # noqa: E731
+    if cache["type"] == "first_block_cache":
+        apply_first_block_cache(model, FirstBlockCacheConfig(**kw))
+    elif cache["type"] == "pyramid_attention_broadcast":
+        apply_pyramid_attention_broadcast(model, PyramidAttentionBroadcastConfig(current_timestep_callback=ts, **kw))
+    elif cache["type"] == "faster_cache":
+        w = kw.pop("attention_weight", 0.5)
+        if isinstance(w, dict):
+            raise ValueError("linear attention_weight schedules are ours only")
+        apply_faster_cache(model, FasterCacheConfig(current_timestep_callback=ts, attention_weight_callback=lambda _: w,
+                                                    **kw))
+    else:
+        raise ValueError(cache["type"])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("dir")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default="diffusers_timing.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+    spec = json.load(open(os.path.join(args.dir, "bench.json")))
+    inputs = load_file(os.path.join(args.dir, "inputs.safetensors"))
+    rows = []
+    strategies = [{"strategy": "baseline", "cache": {"type": "none"}}] + spec["strategies"]
+    warm = True
+    for s in strategies:
+        model = CogVideoXTransformer3DModel.from_pretrained(os.path.join(args.dir, "transformer")).eval()
+        pipe = CogVideoXPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=model,
+                                 scheduler=CogVideoXDDIMScheduler(**SCHEDULER))
+        pipe.set_progress_bar_config(disable=True)
+        try:
+            apply(model, s["cache"], pipe)
+        except Exception as e:  # a configuration diffusers cannot express
+            print(f"{s['strategy']}: not run in diffusers ({e})")
+            rows.append({"strategy": s["strategy"], "time_s": None, "error": str(e)})
+            continue
+        lat = inputs["latents"]
+
+        def gen():
+            return pipe(prompt_embeds=inputs["prompt_embeds"], negative_prompt_embeds=inputs["negative_prompt_embeds"],
+                        latents=lat.clone(), height=lat.shape[3] * 8, width=lat.shape[4] * 8,
+                        num_frames=(lat.shape[1] - 1) * 4 + 1, num_inference_steps=spec["steps"],
+                        guidance_scale=spec["guidance_scale"], output_type="latent", return_dict=False)[0]
+
+        if warm:
+            gen()
+            warm = False
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            gen()
+            times.append(time.perf_counter() - t0)
+        rows.append({"strategy": s["strategy"], "time_s": statistics.median(times), "times": times})
+        print(f"{s['strategy']}: {statistics.median(times):.2f} s")
+    out = {"impl": "diffusers", "torch": torch.__version__, "threads": args.threads, "machine": platform.processor()
+           or platform.machine(), "steps": spec["steps"], "repeats": args.repeats, "rows": rows}
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=2)
+    print("wrote", args.out)
+
+
+if __name__ == "__main__":
+    main()
