@@ -94,14 +94,19 @@ def main():
                         num_frames=(lat.shape[1] - 1) * 4 + 1, num_inference_steps=spec["steps"],
                         guidance_scale=spec["guidance_scale"], output_type="latent", return_dict=False)[0]
 
-        if warm:
-            gen()
-            warm = False
         times = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            gen()
-            times.append(time.perf_counter() - t0)
+        try:
+            if warm:
+                gen()
+                warm = False
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                gen()
+                times.append(time.perf_counter() - t0)
+        except Exception as e:  # diffusers' hooks do not all compose (e.g. FasterCache with FBC)
+            print(f"{s['strategy']}: failed in diffusers ({type(e).__name__}: {e})")
+            rows.append({"strategy": s["strategy"], "time_s": None, "error": f"{type(e).__name__}: {e}"})
+            continue
         rows.append({"strategy": s["strategy"], "time_s": statistics.median(times), "times": times})
         print(f"{s['strategy']}: {statistics.median(times):.2f} s")
     out = {"impl": "diffusers", "torch": torch.__version__, "threads": args.threads, "machine": platform.processor()
