@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use benches::backend::{device, Backend};
-use benches::bench::{bench_inputs, default_strategies};
+use benches::bench::{bench_inputs, default_strategies, BenchOptions};
 use benches::strategies::build;
 use cache_core::{CacheConfig, CacheStrategy, Identity};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
@@ -37,7 +37,8 @@ fn bench_model(c: &mut Criterion, name: &str, cfg: CogVideoXConfig, steps: usize
     let dev = device();
     let model = CogVideoXTransformer3DModel::<Backend>::load(&cfg, &mut WeightSource::random(0), &dev).unwrap();
     let scheduler = CogVideoXDDIMScheduler::new(CogVideoXDDIMSchedulerConfig::cogvideox()).unwrap();
-    let input = bench_inputs(&model, steps, 6.0, 0, &dev);
+    let opts = BenchOptions { steps, guidance: 6.0, repeats: 1, seed: 0, progress: false, prompt: None };
+    let input = bench_inputs(&model, &opts, &dev);
     let mut group = c.benchmark_group(format!("denoise/{name}-{steps}steps"));
     group.sample_size(samples).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
     let mut rows = vec![("baseline".to_string(), CacheConfig::None)];

@@ -39,23 +39,24 @@ pub fn default_strategies(host: &HostInfo) -> Vec<(String, CacheConfig)> {
     v
 }
 
-/// What a generation starts from, drawn from a seed.
+/// What a generation starts from: latents from `seed`, and the given (prompt, negative) embeddings or, for a
+/// model without a prompt table, embeddings drawn from the seed too.
 pub fn bench_inputs<B: Backend>(
     model: &CogVideoXTransformer3DModel<B>,
-    steps: usize,
-    guidance: f64,
-    seed: u64,
+    opts: &BenchOptions,
     device: &B::Device,
 ) -> DenoiseInput<B> {
     let c = &model.config;
+    let seed = opts.seed;
     let frames = (c.sample_frames - 1) / c.temporal_compression_ratio + 1;
     let text = [1, c.max_text_seq_length, c.text_embed_dim];
+    let (prompt, negative) = opts.prompt.clone().unwrap_or_else(|| (randn(seed + 1, &text), randn(seed + 2, &text)));
     DenoiseInput {
         latents: randn(seed, &[1, frames, c.in_channels, c.sample_height, c.sample_width]).to_tensor(device),
-        prompt_embeds: randn(seed + 1, &text).to_tensor(device),
-        negative_prompt_embeds: Some(randn(seed + 2, &text).to_tensor(device)),
-        num_inference_steps: steps,
-        guidance_scale: guidance,
+        prompt_embeds: prompt.to_tensor(device),
+        negative_prompt_embeds: Some(negative.to_tensor(device)),
+        num_inference_steps: opts.steps,
+        guidance_scale: opts.guidance,
     }
 }
 
@@ -146,6 +147,8 @@ pub struct BenchOptions {
     pub seed: u64,
     /// Draw a progress bar.
     pub progress: bool,
+    /// (prompt, negative prompt) embeddings `[1, S, D]`; drawn from the seed when absent.
+    pub prompt: Option<(HostTensor, HostTensor)>,
 }
 
 /// The work model of a CogVideoX model at its sample size.
@@ -189,7 +192,7 @@ pub fn run<B: Backend>(
     for (name, cfg) in strategies {
         cfg.check_host(&model.host_info()).map_err(|e| format!("{name}: {e}"))?;
     }
-    let input = bench_inputs(model, opts.steps, opts.guidance, opts.seed, device);
+    let input = bench_inputs(model, opts, device);
     let work = work_model(model);
     let total = (1 + (strategies.len() + 1) * opts.repeats) as u64;
     let bar = if opts.progress { ProgressBar::new(total) } else { ProgressBar::hidden() };

@@ -3,5 +3,7 @@
 pub mod backend;
 pub mod bench;
 pub mod parity;
+pub mod png;
+pub mod shapes;
 pub mod strategies;
 pub mod tune;

@@ -80,7 +80,7 @@ pub fn tune<B: Backend>(
     device: &B::Device,
 ) -> Result<(Vec<Candidate>, f64), String> {
     let scheduler = CogVideoXDDIMScheduler::new(CogVideoXDDIMSchedulerConfig::cogvideox()).map_err(|e| e.to_string())?;
-    let input = bench_inputs(model, opts.steps, opts.guidance, opts.seed, device);
+    let input = bench_inputs(model, opts, device);
     let work = work_model(model);
     let families = grid();
     let singles: usize = families.iter().map(Vec::len).sum();

@@ -46,6 +46,8 @@ enum Command {
     },
     /// The main job: times the uncached baseline and each strategy on one model and prints the table.
     Bench(BenchArgs),
+    /// Denoises one clip uncached and with a strategy, and writes both as a PNG strip of frames.
+    Sample(SampleArgs),
     /// Searches the engines' parameters for the fastest configuration that meets a quality target.
     Tune(TuneArgs),
     /// Writes a preset model with random weights as a diffusers model directory (config.json + safetensors).
@@ -64,9 +66,13 @@ enum Command {
 
 #[derive(clap::Args)]
 struct BenchArgs {
-    /// `s` (benchmark model S, random weights), `2b`, `5b`, or a diffusers model directory.
-    #[arg(long, default_value = "s")]
+    /// `shapes` (the trained model in assets/shapes), `s` (benchmark model S, random weights), `2b`, `5b`,
+    /// or a diffusers model or pipeline directory.
+    #[arg(long, default_value = "shapes")]
     model: String,
+    /// The prompt, for models with attribute embeddings (the trained model).
+    #[arg(long, default_value = benches::shapes::DEFAULT_PROMPT)]
+    prompt: String,
     /// Weight seed for preset models.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -101,9 +107,12 @@ struct BenchArgs {
 
 #[derive(clap::Args)]
 struct TuneArgs {
-    /// `s`, `2b`, `5b`, or a diffusers model directory.
-    #[arg(long, default_value = "s")]
+    /// `shapes` (the trained model), `s`, `2b`, `5b`, or a diffusers model or pipeline directory.
+    #[arg(long, default_value = "shapes")]
     model: String,
+    /// The prompt, for models with attribute embeddings (the trained model).
+    #[arg(long, default_value = benches::shapes::DEFAULT_PROMPT)]
+    prompt: String,
     /// Weight seed for preset models.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -139,7 +148,8 @@ fn tune(a: TuneArgs) -> Result<ExitCode, String> {
     };
     let device = backend::device();
     let (model, _) = load_model(&a.model, a.seed, &device)?;
-    let opts = BenchOptions { steps: a.steps, guidance: a.guidance, repeats: 1, seed: a.input_seed, progress: true };
+    let prompt = prompt_embeds(&a.model, &model, &a.prompt)?;
+    let opts = BenchOptions { steps: a.steps, guidance: a.guidance, repeats: 1, seed: a.input_seed, progress: true, prompt };
     let (candidates, base) = benches::tune::tune(&model, &opts, target, a.confirm, &device)?;
     println!("baseline {base:.2} s; target {target:?}\n");
     println!("| configuration | time (s) | speedup | ideal | PSNR (dB) | rel_l2 | meets target |\n|---|---:|---:|---:|---:|---:|:-:|");
@@ -177,11 +187,37 @@ fn toml_string(cfg: &CacheConfig) -> Result<String, String> {
     toml::to_string(&v).map_err(|e| e.to_string())
 }
 
+/// A model directory: a diffusers model directory, or a pipeline directory with `transformer/` (and, for the
+/// trained model, `attribute_embeddings.safetensors`). `shapes` is the trained model of this repository.
+fn model_dir(name: &str) -> Option<PathBuf> {
+    let path = if name == "shapes" { benches::shapes::shapes_dir() } else { PathBuf::from(name) };
+    if path.join("transformer").join("config.json").exists() {
+        Some(path)
+    } else if path.join("config.json").exists() {
+        Some(path)
+    } else {
+        None
+    }
+}
+
+/// Prompt embeddings for `prompt` when the model directory has an attribute table.
+fn prompt_embeds(name: &str, model: &CogVideoXTransformer3DModel<Backend>, prompt: &str) -> Result<Option<(HostTensor, HostTensor)>, String> {
+    let Some(dir) = model_dir(name) else { return Ok(None) };
+    if !dir.join("attribute_embeddings.safetensors").exists() {
+        return Ok(None);
+    }
+    let p = benches::shapes::Prompts::load(&dir, model.config.max_text_seq_length)?;
+    Ok(Some((p.embed(prompt)?, p.negative())))
+}
+
 fn load_model(name: &str, seed: u64, device: &burn::tensor::Device<Backend>) -> Result<(CogVideoXTransformer3DModel<Backend>, WeightSource), String> {
-    let path = std::path::Path::new(name);
-    if path.is_dir() {
-        let m = CogVideoXTransformer3DModel::<Backend>::from_pretrained(path, device).map_err(|e| e.to_string())?;
+    if let Some(dir) = model_dir(name) {
+        let t = if dir.join("transformer").exists() { dir.join("transformer") } else { dir };
+        let m = CogVideoXTransformer3DModel::<Backend>::from_pretrained(&t, device).map_err(|e| format!("{}: {e}", t.display()))?;
         return Ok((m, WeightSource::from_tensors(Default::default())));
+    }
+    if name == "shapes" {
+        return Err(format!("the trained model is missing at {}", benches::shapes::shapes_dir().display()));
     }
     let cfg = preset(name)?;
     let mut weights = WeightSource::random(seed);
@@ -216,12 +252,17 @@ fn bench(a: BenchArgs) -> Result<ExitCode, String> {
     if a.repeats == 0 {
         return Err("--repeats must be at least 1".into());
     }
+    let prompt = prompt_embeds(&a.model, &model, &a.prompt)?;
+    let opts = BenchOptions { steps: a.steps, guidance: a.guidance, repeats: a.repeats, seed: a.input_seed, progress: true, prompt };
     if let Some(dir) = &a.export {
-        if std::path::Path::new(&a.model).is_dir() {
-            return Err("--export writes preset models; for a model directory, give it to peer_timing.py directly".into());
+        match model_dir(&a.model) {
+            Some(src) => {
+                let t = if src.join("transformer").exists() { src.join("transformer") } else { src };
+                copy_dir(&t, &dir.join("transformer"))?;
+            }
+            None => write_model_dir(&model.config, &weights, &dir.join("transformer"))?,
         }
-        write_model_dir(&model.config, &weights, &dir.join("transformer"))?;
-        let input = benches::bench::bench_inputs(&model, a.steps, a.guidance, a.input_seed, &device);
+        let input = benches::bench::bench_inputs(&model, &opts, &device);
         let mut t = std::collections::BTreeMap::new();
         t.insert("latents".to_string(), HostTensor::from_tensor(input.latents));
         t.insert("prompt_embeds".to_string(), HostTensor::from_tensor(input.prompt_embeds));
@@ -234,7 +275,6 @@ fn bench(a: BenchArgs) -> Result<ExitCode, String> {
         std::fs::write(dir.join("bench.json"), serde_json::to_string_pretty(&spec).expect("json")).map_err(|e| e.to_string())?;
         eprintln!("wrote {}", dir.display());
     }
-    let opts = BenchOptions { steps: a.steps, guidance: a.guidance, repeats: a.repeats, seed: a.input_seed, progress: true };
     let mut report = benches::bench::run(&model, &a.model, &strategies, &opts, &device)?;
     if let Some(p) = &a.compare {
         let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
@@ -248,6 +288,71 @@ fn bench(a: BenchArgs) -> Result<ExitCode, String> {
     if let Some(p) = &a.plot {
         std::fs::write(p, svg_plot(&report)).map_err(|e| format!("{}: {e}", p.display()))?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn copy_dir(src: &std::path::Path, dst: &std::path::Path) -> Result<(), String> {
+    std::fs::create_dir_all(dst).map_err(|e| format!("{}: {e}", dst.display()))?;
+    for e in std::fs::read_dir(src).map_err(|e| format!("{}: {e}", src.display()))? {
+        let e = e.map_err(|e| e.to_string())?;
+        std::fs::copy(e.path(), dst.join(e.file_name())).map_err(|err| format!("{}: {err}", e.path().display()))?;
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+struct SampleArgs {
+    /// `shapes` (the trained model), `s`, `2b`, `5b`, or a diffusers model or pipeline directory.
+    #[arg(long, default_value = "shapes")]
+    model: String,
+    /// The prompt, for models with attribute embeddings.
+    #[arg(long, default_value = benches::shapes::DEFAULT_PROMPT)]
+    prompt: String,
+    /// `quality`, `balanced`, `speed`, or a config file.
+    #[arg(long, default_value = "balanced")]
+    strategy: String,
+    /// Denoising steps.
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Classifier-free guidance scale.
+    #[arg(long, default_value_t = 6.0)]
+    guidance: f64,
+    /// Seed of the initial latents.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Weight seed for preset models.
+    #[arg(long, default_value_t = 0)]
+    weight_seed: u64,
+    /// Pixels per latent pixel.
+    #[arg(long, default_value_t = 8)]
+    scale: usize,
+    /// The PNG to write: the uncached clip's frames on the first row, the strategy's on the second.
+    #[arg(long, default_value = "sample.png")]
+    out: PathBuf,
+}
+
+fn sample(a: SampleArgs) -> Result<ExitCode, String> {
+    let device = backend::device();
+    let (model, _) = load_model(&a.model, a.weight_seed, &device)?;
+    let config = match a.strategy.parse::<cache_core::Preset>() {
+        Ok(p) => CacheConfig::preset(p, &model.host_info()),
+        Err(_) => CacheConfig::from_file(std::path::Path::new(&a.strategy)).map_err(|e| e.to_string())?,
+    };
+    let prompt = prompt_embeds(&a.model, &model, &a.prompt)?;
+    let opts = BenchOptions { steps: a.steps, guidance: a.guidance, repeats: 1, seed: a.seed, progress: true, prompt };
+    let input = benches::bench::bench_inputs(&model, &opts, &device);
+    let scheduler = models::CogVideoXDDIMScheduler::new(models::CogVideoXDDIMSchedulerConfig::cogvideox()).map_err(|e| e.to_string())?;
+    let (plain, _, _, t0) = benches::bench::generate(&model, &scheduler, &input, None)?;
+    let (cached, stats, _, t1) = benches::bench::generate(&model, &scheduler, &input, Some(&config))?;
+    let [_, f, c, h, w]: [usize; 5] = input.latents.dims();
+    let (width, height, rgb) = benches::png::strip(&[&plain, &cached], f, c, h, w, a.scale.max(1));
+    std::fs::write(&a.out, benches::png::encode_rgb(width, height, &rgb)).map_err(|e| format!("{}: {e}", a.out.display()))?;
+    println!(
+        "wrote {} (row 1 uncached {:.2} s, row 2 {} {:.2} s; rel_l2 {:.2e}, PSNR {:.1} dB; tail skipped {}, uncond approximated {}, attention reused {})",
+        a.out.display(), t0, a.strategy, t1, benches::parity::rel_l2(&cached, &plain), benches::bench::psnr(&cached, &plain),
+        stats.blocks().reused, stats.uncond().reused,
+        stats.steps.iter().flat_map(|s| s.attention.values()).filter(|d| **d == cache_core::Decision::Skip).count(),
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -268,6 +373,7 @@ fn main() -> ExitCode {
         Command::ExportModel { preset: p, seed, out } => export(&p, seed, &out),
         Command::Bench(a) => bench(a),
         Command::Tune(a) => tune(a),
+        Command::Sample(a) => sample(a),
     };
     match result {
         Ok(code) => code,
