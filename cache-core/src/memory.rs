@@ -41,6 +41,19 @@ impl MemoryLedger {
         true
     }
 
+    /// Moves an entry held at `*held` bytes to `new` bytes if the budget allows, updating `*held`; otherwise
+    /// releases the old entry, sets `*held` to 0 and returns false: the caller then drops what it held.
+    pub fn hold(&mut self, held: &mut usize, new: usize) -> bool {
+        if self.replace(*held, new) {
+            *held = new;
+            true
+        } else {
+            self.release(*held);
+            *held = 0;
+            false
+        }
+    }
+
     /// Releases `bytes`.
     pub fn release(&mut self, bytes: usize) {
         self.held -= bytes.min(self.held);

@@ -112,62 +112,40 @@ pub struct Identity;
 
 impl<B: Backend> CacheStrategy<B> for Identity {}
 
-impl<B: Backend, S: CacheStrategy<B> + ?Sized> CacheStrategy<B> for &mut S {
-    fn reset(&mut self) {
-        (**self).reset()
-    }
-    fn begin_forward(&mut self, ctx: &CallContext) -> BatchPlan {
-        (**self).begin_forward(ctx)
-    }
-    fn end_forward(&mut self, ctx: &CallContext, output: Tensor<B, 5>) -> Tensor<B, 5> {
-        (**self).end_forward(ctx, output)
-    }
-    fn after_head_block(&mut self, ctx: &CallContext, input: &JointStates<B>, output: &JointStates<B>) -> TailPlan<B> {
-        (**self).after_head_block(ctx, input, output)
-    }
-    fn after_tail_blocks(&mut self, ctx: &CallContext, head_output: &JointStates<B>, output: JointStates<B>) -> JointStates<B> {
-        (**self).after_tail_blocks(ctx, head_output, output)
-    }
-    fn before_attention(&mut self, ctx: &CallContext, site: &AttentionSite) -> AttentionPlan<B> {
-        (**self).before_attention(ctx, site)
-    }
-    fn after_attention(&mut self, ctx: &CallContext, site: &AttentionSite, output: &JointStates<B>) {
-        (**self).after_attention(ctx, site, output)
-    }
-    fn stats(&self) -> CacheStats {
-        (**self).stats()
-    }
-    fn peak_bytes(&self) -> usize {
-        (**self).peak_bytes()
-    }
+/// Pointers to a strategy are strategies (so `&mut dyn CacheStrategy<B>` and `Box<dyn CacheStrategy<B>>` can be
+/// passed where `S: CacheStrategy<B>` is expected).
+macro_rules! forward_strategy {
+    ($($ptr:ty),*) => {$(
+        impl<B: Backend, S: CacheStrategy<B> + ?Sized> CacheStrategy<B> for $ptr {
+            fn reset(&mut self) {
+                (**self).reset()
+            }
+            fn begin_forward(&mut self, ctx: &CallContext) -> BatchPlan {
+                (**self).begin_forward(ctx)
+            }
+            fn end_forward(&mut self, ctx: &CallContext, output: Tensor<B, 5>) -> Tensor<B, 5> {
+                (**self).end_forward(ctx, output)
+            }
+            fn after_head_block(&mut self, ctx: &CallContext, input: &JointStates<B>, output: &JointStates<B>) -> TailPlan<B> {
+                (**self).after_head_block(ctx, input, output)
+            }
+            fn after_tail_blocks(&mut self, ctx: &CallContext, head: &JointStates<B>, output: JointStates<B>) -> JointStates<B> {
+                (**self).after_tail_blocks(ctx, head, output)
+            }
+            fn before_attention(&mut self, ctx: &CallContext, site: &AttentionSite) -> AttentionPlan<B> {
+                (**self).before_attention(ctx, site)
+            }
+            fn after_attention(&mut self, ctx: &CallContext, site: &AttentionSite, output: &JointStates<B>) {
+                (**self).after_attention(ctx, site, output)
+            }
+            fn stats(&self) -> CacheStats {
+                (**self).stats()
+            }
+            fn peak_bytes(&self) -> usize {
+                (**self).peak_bytes()
+            }
+        }
+    )*};
 }
 
-impl<B: Backend, S: CacheStrategy<B> + ?Sized> CacheStrategy<B> for Box<S> {
-    fn reset(&mut self) {
-        (**self).reset()
-    }
-    fn begin_forward(&mut self, ctx: &CallContext) -> BatchPlan {
-        (**self).begin_forward(ctx)
-    }
-    fn end_forward(&mut self, ctx: &CallContext, output: Tensor<B, 5>) -> Tensor<B, 5> {
-        (**self).end_forward(ctx, output)
-    }
-    fn after_head_block(&mut self, ctx: &CallContext, input: &JointStates<B>, output: &JointStates<B>) -> TailPlan<B> {
-        (**self).after_head_block(ctx, input, output)
-    }
-    fn after_tail_blocks(&mut self, ctx: &CallContext, head_output: &JointStates<B>, output: JointStates<B>) -> JointStates<B> {
-        (**self).after_tail_blocks(ctx, head_output, output)
-    }
-    fn before_attention(&mut self, ctx: &CallContext, site: &AttentionSite) -> AttentionPlan<B> {
-        (**self).before_attention(ctx, site)
-    }
-    fn after_attention(&mut self, ctx: &CallContext, site: &AttentionSite, output: &JointStates<B>) {
-        (**self).after_attention(ctx, site, output)
-    }
-    fn stats(&self) -> CacheStats {
-        (**self).stats()
-    }
-    fn peak_bytes(&self) -> usize {
-        (**self).peak_bytes()
-    }
-}
+forward_strategy!(&mut S, Box<S>);

@@ -250,16 +250,8 @@ impl<B: Backend> CacheStrategy<B> for FasterCache<B> {
             }
             let bytes = 2 * n * std::mem::size_of::<Complex32>();
             let state = self.denoiser.get_mut(ctx, ());
-            if self.memory.replace(state.bytes, bytes) {
-                state.low = Some(low);
-                state.high = Some(high);
-                state.bytes = bytes;
-            } else {
-                self.memory.release(state.bytes);
-                state.low = None;
-                state.high = None;
-                state.bytes = 0;
-            }
+            let fits = self.memory.hold(&mut state.bytes, bytes);
+            (state.low, state.high) = if fits { (Some(low), Some(high)) } else { (None, None) };
             output
         };
         self.denoiser.get_mut(ctx, ()).iteration += 1;
@@ -304,13 +296,7 @@ impl<B: Backend> CacheStrategy<B> for FasterCache<B> {
         };
         let previous = state.cache.take().map(|(_, o1)| o1).unwrap_or_else(|| entry.clone());
         let bytes = joint_bytes(&previous) + joint_bytes(&entry);
-        if self.memory.replace(state.bytes, bytes) {
-            state.cache = Some((previous, entry));
-            state.bytes = bytes;
-        } else {
-            self.memory.release(state.bytes);
-            state.bytes = 0;
-        }
+        state.cache = self.memory.hold(&mut state.bytes, bytes).then_some((previous, entry));
         state.iteration += 1;
     }
 

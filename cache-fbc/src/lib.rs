@@ -158,14 +158,11 @@ impl<B: Backend> CacheStrategy<B> for FirstBlockCache<B> {
                 encoder: select(&m, head_output.encoder.clone() + old_tail.encoder.clone(), output.encoder),
             };
         }
-        let bytes = tensor_bytes(&residual) + joint_bytes(&tail);
-        if self.memory.replace(state.bytes, bytes) {
+        if self.memory.hold(&mut state.bytes, tensor_bytes(&residual) + joint_bytes(&tail)) {
             state.head_residual = Some(residual);
             state.tail = Some(tail);
-            state.bytes = bytes;
         } else {
             // Over budget: hold nothing, so the next step computes.
-            self.memory.release(state.bytes);
             *state = FbcState::default();
         }
         output

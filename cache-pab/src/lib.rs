@@ -93,15 +93,7 @@ impl<B: Backend> CacheStrategy<B> for PyramidAttentionBroadcast<B> {
             return;
         }
         let state = self.states.get_mut(ctx, (*site, ctx.batch_size));
-        let bytes = joint_bytes(output);
-        if self.memory.replace(state.bytes, bytes) {
-            state.cache = Some(output.clone());
-            state.bytes = bytes;
-        } else {
-            self.memory.release(state.bytes);
-            state.cache = None;
-            state.bytes = 0;
-        }
+        state.cache = self.memory.hold(&mut state.bytes, joint_bytes(output)).then(|| output.clone());
         state.iteration += 1;
     }
 

@@ -76,7 +76,8 @@ def main():
     strategies = [{"strategy": "baseline", "cache": {"type": "none"}}] + spec["strategies"]
     warm = True
     for s in strategies:
-        model = CogVideoXTransformer3DModel.from_pretrained(os.path.join(args.dir, "transformer")).eval()
+        model = CogVideoXTransformer3DModel.from_pretrained(os.path.join(args.dir, "transformer"),
+                                                            torch_dtype=torch.float32).eval()
         pipe = CogVideoXPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=model,
                                  scheduler=CogVideoXDDIMScheduler(**SCHEDULER))
         pipe.set_progress_bar_config(disable=True)

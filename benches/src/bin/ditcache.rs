@@ -64,8 +64,9 @@ enum Command {
     },
 }
 
+/// What a generation runs on: the model, its prompt, seeds, steps and guidance.
 #[derive(clap::Args)]
-struct BenchArgs {
+struct RunArgs {
     /// `shapes` (the trained model in assets/shapes), `s` (benchmark model S, random weights), `2b`, `5b`,
     /// or a diffusers model or pipeline directory.
     #[arg(long, default_value = "shapes")]
@@ -76,7 +77,7 @@ struct BenchArgs {
     /// Weight seed for preset models.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Seed of the initial latents and prompt embeddings.
+    /// Seed of the initial latents (and of the prompt embeddings of models without a prompt table).
     #[arg(long, default_value_t = 0)]
     input_seed: u64,
     /// Denoising steps.
@@ -85,6 +86,23 @@ struct BenchArgs {
     /// Classifier-free guidance scale.
     #[arg(long, default_value_t = 6.0)]
     guidance: f64,
+}
+
+impl RunArgs {
+    /// The model, and the options of a run on it.
+    fn load(&self, repeats: usize) -> Result<(CogVideoXTransformer3DModel<Backend>, WeightSource, BenchOptions), String> {
+        let device = backend::device();
+        let (model, weights) = load_model(&self.model, self.seed, &device)?;
+        let prompt = prompt_embeds(&self.model, &model, &self.prompt)?;
+        let opts = BenchOptions { steps: self.steps, guidance: self.guidance, repeats, seed: self.input_seed, progress: true, prompt };
+        Ok((model, weights, opts))
+    }
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    run: RunArgs,
     /// Timed generations per strategy (the median is reported), after one warm-up.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
@@ -107,24 +125,8 @@ struct BenchArgs {
 
 #[derive(clap::Args)]
 struct TuneArgs {
-    /// `shapes` (the trained model), `s`, `2b`, `5b`, or a diffusers model or pipeline directory.
-    #[arg(long, default_value = "shapes")]
-    model: String,
-    /// The prompt, for models with attribute embeddings (the trained model).
-    #[arg(long, default_value = benches::shapes::DEFAULT_PROMPT)]
-    prompt: String,
-    /// Weight seed for preset models.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Seed of the initial latents and prompt embeddings.
-    #[arg(long, default_value_t = 0)]
-    input_seed: u64,
-    /// Denoising steps.
-    #[arg(long, default_value_t = 20)]
-    steps: usize,
-    /// Classifier-free guidance scale.
-    #[arg(long, default_value_t = 6.0)]
-    guidance: f64,
+    #[command(flatten)]
+    run: RunArgs,
     /// Quality target: minimum PSNR (dB) of the final latents vs uncached.
     #[arg(long, conflicts_with = "max_rel_l2")]
     min_psnr: Option<f64>,
@@ -147,9 +149,7 @@ fn tune(a: TuneArgs) -> Result<ExitCode, String> {
         _ => return Err("give one quality target: --min-psnr DB or --max-rel-l2 X".into()),
     };
     let device = backend::device();
-    let (model, _) = load_model(&a.model, a.seed, &device)?;
-    let prompt = prompt_embeds(&a.model, &model, &a.prompt)?;
-    let opts = BenchOptions { steps: a.steps, guidance: a.guidance, repeats: 1, seed: a.input_seed, progress: true, prompt };
+    let (model, _, opts) = a.run.load(1)?;
     let (candidates, base) = benches::tune::tune(&model, &opts, target, a.confirm, &device)?;
     println!("baseline {base:.2} s; target {target:?}\n");
     println!("| configuration | time (s) | speedup | ideal | PSNR (dB) | rel_l2 | meets target |\n|---|---:|---:|---:|---:|---:|:-:|");
@@ -236,7 +236,10 @@ fn write_model_dir(cfg: &CogVideoXConfig, weights: &WeightSource, out: &std::pat
 
 fn bench(a: BenchArgs) -> Result<ExitCode, String> {
     let device = backend::device();
-    let (model, weights) = load_model(&a.model, a.seed, &device)?;
+    if a.repeats == 0 {
+        return Err("--repeats must be at least 1".into());
+    }
+    let (model, weights, opts) = a.run.load(a.repeats)?;
     let strategies = if a.strategies.is_empty() {
         benches::bench::default_strategies(&model.host_info())
     } else {
@@ -249,13 +252,8 @@ fn bench(a: BenchArgs) -> Result<ExitCode, String> {
             })
             .collect::<Result<Vec<_>, String>>()?
     };
-    if a.repeats == 0 {
-        return Err("--repeats must be at least 1".into());
-    }
-    let prompt = prompt_embeds(&a.model, &model, &a.prompt)?;
-    let opts = BenchOptions { steps: a.steps, guidance: a.guidance, repeats: a.repeats, seed: a.input_seed, progress: true, prompt };
     if let Some(dir) = &a.export {
-        match model_dir(&a.model) {
+        match model_dir(&a.run.model) {
             Some(src) => {
                 let t = if src.join("transformer").exists() { src.join("transformer") } else { src };
                 copy_dir(&t, &dir.join("transformer"))?;
@@ -269,13 +267,13 @@ fn bench(a: BenchArgs) -> Result<ExitCode, String> {
         t.insert("negative_prompt_embeds".to_string(), HostTensor::from_tensor(input.negative_prompt_embeds.expect("cfg")));
         save_safetensors(&dir.join("inputs.safetensors"), &t).map_err(|e| e.to_string())?;
         let spec = serde_json::json!({
-            "steps": a.steps, "guidance_scale": a.guidance,
+            "steps": opts.steps, "guidance_scale": opts.guidance,
             "strategies": strategies.iter().map(|(n, c)| serde_json::json!({"strategy": n, "cache": c})).collect::<Vec<_>>(),
         });
         std::fs::write(dir.join("bench.json"), serde_json::to_string_pretty(&spec).expect("json")).map_err(|e| e.to_string())?;
         eprintln!("wrote {}", dir.display());
     }
-    let mut report = benches::bench::run(&model, &a.model, &strategies, &opts, &device)?;
+    let mut report = benches::bench::run(&model, &a.run.model, &strategies, &opts, &device)?;
     if let Some(p) = &a.compare {
         let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
         let peer: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?;
@@ -302,27 +300,11 @@ fn copy_dir(src: &std::path::Path, dst: &std::path::Path) -> Result<(), String> 
 
 #[derive(clap::Args)]
 struct SampleArgs {
-    /// `shapes` (the trained model), `s`, `2b`, `5b`, or a diffusers model or pipeline directory.
-    #[arg(long, default_value = "shapes")]
-    model: String,
-    /// The prompt, for models with attribute embeddings.
-    #[arg(long, default_value = benches::shapes::DEFAULT_PROMPT)]
-    prompt: String,
+    #[command(flatten)]
+    run: RunArgs,
     /// `quality`, `balanced`, `speed`, or a config file.
     #[arg(long, default_value = "balanced")]
     strategy: String,
-    /// Denoising steps.
-    #[arg(long, default_value_t = 20)]
-    steps: usize,
-    /// Classifier-free guidance scale.
-    #[arg(long, default_value_t = 6.0)]
-    guidance: f64,
-    /// Seed of the initial latents.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Weight seed for preset models.
-    #[arg(long, default_value_t = 0)]
-    weight_seed: u64,
     /// Pixels per latent pixel.
     #[arg(long, default_value_t = 8)]
     scale: usize,
@@ -333,13 +315,11 @@ struct SampleArgs {
 
 fn sample(a: SampleArgs) -> Result<ExitCode, String> {
     let device = backend::device();
-    let (model, _) = load_model(&a.model, a.weight_seed, &device)?;
+    let (model, _, opts) = a.run.load(1)?;
     let config = match a.strategy.parse::<cache_core::Preset>() {
         Ok(p) => CacheConfig::preset(p, &model.host_info()),
         Err(_) => CacheConfig::from_file(std::path::Path::new(&a.strategy)).map_err(|e| e.to_string())?,
     };
-    let prompt = prompt_embeds(&a.model, &model, &a.prompt)?;
-    let opts = BenchOptions { steps: a.steps, guidance: a.guidance, repeats: 1, seed: a.seed, progress: true, prompt };
     let input = benches::bench::bench_inputs(&model, &opts, &device);
     let scheduler = models::CogVideoXDDIMScheduler::new(models::CogVideoXDDIMSchedulerConfig::cogvideox()).map_err(|e| e.to_string())?;
     let (plain, _, _, t0) = benches::bench::generate(&model, &scheduler, &input, None)?;
