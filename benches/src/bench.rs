@@ -14,7 +14,7 @@ use models::{
 use serde::{Deserialize, Serialize};
 
 use crate::parity::rel_l2;
-use crate::strategies::{build, label};
+use crate::strategies::build;
 
 /// The default strategy list: FBC 0.05 / 0.1 / 0.2, PAB spatial 2, FasterCache with diffusers' CogVideoX
 /// example settings, and the three presets.
@@ -356,9 +356,4 @@ pub fn svg_plot(report: &Report) -> String {
     }
     s += "</svg>\n";
     s
-}
-
-/// `label` re-exported for the CLI's config-file rows.
-pub fn config_label(cfg: &CacheConfig) -> String {
-    label(cfg)
 }

@@ -117,9 +117,7 @@ pub fn run_case<B: Backend>(dir: &Path, device: &B::Device) -> CaseReport {
 type Outcome = (String, f64, f64, Option<bool>);
 
 fn try_run_case<B: Backend>(dir: &Path, device: &B::Device) -> Result<Outcome, String> {
-    let spec_path = dir.join("case.json");
-    let text = std::fs::read_to_string(&spec_path).map_err(|e| format!("cannot read {}: {e}", spec_path.display()))?;
-    let spec: CaseSpec = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", spec_path.display()))?;
+    let spec = read_spec(dir)?;
     let tol = spec.tolerance.rel_l2;
     match spec.kind.as_str() {
         "forward" => {
@@ -130,7 +128,7 @@ fn try_run_case<B: Backend>(dir: &Path, device: &B::Device) -> Result<Outcome, S
             Ok((spec.kind, err, tol, None))
         }
         "denoise" => {
-            let (err, decisions) = run_denoise::<B>(dir, device)?;
+            let (err, decisions) = run_denoise::<B>(dir, &spec, device)?;
             Ok((spec.kind, err, tol, decisions))
         }
         other => Err(format!("unknown case kind {other:?}")),
@@ -182,11 +180,19 @@ pub struct DenoiseCase<B: Backend> {
     pub trace: Option<Vec<StepTrace>>,
 }
 
-/// Loads a denoise case directory.
-pub fn load_denoise_case<B: Backend>(dir: &Path, device: &B::Device) -> Result<DenoiseCase<B>, String> {
+/// Reads `case.json` of a case directory.
+fn read_spec(dir: &Path) -> Result<CaseSpec, String> {
     let spec_path = dir.join("case.json");
     let text = std::fs::read_to_string(&spec_path).map_err(|e| format!("cannot read {}: {e}", spec_path.display()))?;
-    let spec: CaseSpec = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", spec_path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", spec_path.display()))
+}
+
+/// Loads a denoise case directory.
+pub fn load_denoise_case<B: Backend>(dir: &Path, device: &B::Device) -> Result<DenoiseCase<B>, String> {
+    load_denoise_spec(dir, &read_spec(dir)?, device)
+}
+
+fn load_denoise_spec<B: Backend>(dir: &Path, spec: &CaseSpec, device: &B::Device) -> Result<DenoiseCase<B>, String> {
     if spec.kind != "denoise" {
         return Err(format!("{} is a {:?} case", dir.display(), spec.kind));
     }
@@ -226,8 +232,8 @@ pub fn load_denoise_case<B: Backend>(dir: &Path, device: &B::Device) -> Result<D
     Ok(DenoiseCase { model, scheduler, input, cache, expected, trace })
 }
 
-fn run_denoise<B: Backend>(dir: &Path, device: &B::Device) -> Result<(f64, Option<bool>), String> {
-    let mut case = load_denoise_case::<B>(dir, device)?;
+fn run_denoise<B: Backend>(dir: &Path, spec: &CaseSpec, device: &B::Device) -> Result<(f64, Option<bool>), String> {
+    let mut case = load_denoise_spec::<B>(dir, spec, device)?;
     let mut strategy =
         crate::strategies::build::<B>(&case.cache, &case.model.host_info()).map_err(|e| e.to_string())?;
     let out = denoise(&case.model, &mut case.scheduler, case.input, &mut strategy, DenoiseOptions::default())

@@ -48,11 +48,11 @@ pub enum Init {
     Zeros,
 }
 
-/// Reads the safetensors files of a checkpoint lazily by name.
+/// Reads the safetensors files of a checkpoint lazily by name; each header is parsed once.
 struct Checkpoint {
-    /// Weight name → index into `files`.
-    index: HashMap<String, usize>,
-    files: Vec<(PathBuf, Vec<u8>)>,
+    /// Weight name → (index into `files`, dtype, shape, absolute byte range in that file).
+    index: HashMap<String, (usize, Dtype, Vec<usize>, std::ops::Range<usize>)>,
+    files: Vec<Vec<u8>>,
 }
 
 enum Source {
@@ -162,22 +162,25 @@ impl Checkpoint {
         let mut files = Vec::with_capacity(paths.len());
         for (i, path) in paths.into_iter().enumerate() {
             let bytes = read(&path)?;
-            let st = SafeTensors::deserialize(&bytes)
+            let (header, meta) = SafeTensors::read_metadata(&bytes)
                 .map_err(|e| ModelError::Parse { path: path.clone(), reason: e.to_string() })?;
-            for name in st.names() {
-                index.insert(name.to_string(), i);
+            let base = 8 + header;
+            for (name, info) in meta.tensors() {
+                let (start, end) = info.data_offsets;
+                if base + end > bytes.len() || start > end {
+                    return Err(ModelError::Parse { path, reason: format!("tensor `{name}` lies outside the file") });
+                }
+                index.insert(name, (i, info.dtype, info.shape.clone(), base + start..base + end));
             }
-            files.push((path, bytes));
+            files.push(bytes);
         }
         Ok(Self { index, files })
     }
 
     fn get(&self, name: &str) -> Result<Option<HostTensor>> {
-        let Some(&i) = self.index.get(name) else { return Ok(None) };
-        let (path, bytes) = &self.files[i];
-        let st = SafeTensors::deserialize(bytes)
-            .map_err(|e| ModelError::Parse { path: path.clone(), reason: e.to_string() })?;
-        let view = st.tensor(name).map_err(|e| ModelError::Parse { path: path.clone(), reason: e.to_string() })?;
+        let Some((i, dtype, shape, range)) = self.index.get(name) else { return Ok(None) };
+        let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), &self.files[*i][range.clone()])
+            .map_err(|e| ModelError::Parse { path: PathBuf::from(name), reason: e.to_string() })?;
         Ok(Some(view_to_host(name, &view)?))
     }
 }

@@ -9,7 +9,8 @@ use benches::parity::{expand_case_dirs, run_case};
 use burn::tensor::{Distribution, Tensor};
 use cache_core::{Branch, CallContext, CfgOrder, Identity, StepContext};
 use clap::{Parser, Subcommand};
-use benches::bench::{add_comparison, config_label, svg_plot, table, BenchOptions};
+use benches::bench::{add_comparison, svg_plot, table, BenchOptions};
+use benches::strategies::label;
 use cache_core::CacheConfig;
 use models::weights::save_safetensors;
 use models::{CogVideoXConfig, CogVideoXTransformer3DModel, ForwardInput, HostTensor, WeightSource};
@@ -247,7 +248,7 @@ fn bench(a: BenchArgs) -> Result<ExitCode, String> {
             .iter()
             .map(|p| {
                 let cfg = CacheConfig::from_file(p).map_err(|e| e.to_string())?;
-                let name = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| config_label(&cfg));
+                let name = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| label(&cfg));
                 Ok((name, cfg))
             })
             .collect::<Result<Vec<_>, String>>()?
