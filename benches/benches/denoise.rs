@@ -1,4 +1,5 @@
-//! Criterion benches: the denoise loop per strategy, on a tiny model (quick) and on the S model.
+//! Criterion benches: the denoise loop per strategy, on a tiny model (quick), the S model and the Latte
+//! bench model.
 //! Backend by the crate's features (`ndarray` default, `wgpu`, `cuda`).
 //!
 //!     cargo bench -p benches                  # everything (a few minutes on 2 cores)
@@ -7,14 +8,12 @@
 use std::time::Duration;
 
 use benches::backend::{device, Backend};
-use benches::bench::{bench_inputs, default_strategies, BenchOptions};
+use benches::bench::{default_strategies, BenchOptions};
 use benches::strategies::build;
+use benches::video_model::VideoModel;
 use cache_core::{CacheConfig, CacheStrategy, Identity};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use models::{
-    denoise, CogVideoXConfig, CogVideoXDDIMScheduler, CogVideoXDDIMSchedulerConfig, CogVideoXTransformer3DModel,
-    DenoiseOptions, WeightSource,
-};
+use models::{CogVideoXConfig, DenoiseOptions, LatteConfig, WeightSource};
 
 fn tiny() -> CogVideoXConfig {
     CogVideoXConfig {
@@ -33,12 +32,10 @@ fn tiny() -> CogVideoXConfig {
     }
 }
 
-fn bench_model(c: &mut Criterion, name: &str, cfg: CogVideoXConfig, steps: usize, samples: usize) {
+fn bench_model(c: &mut Criterion, name: &str, mut model: VideoModel<Backend>, steps: usize, samples: usize) {
     let dev = device();
-    let model = CogVideoXTransformer3DModel::<Backend>::load(&cfg, &mut WeightSource::random(0), &dev).unwrap();
-    let scheduler = CogVideoXDDIMScheduler::new(CogVideoXDDIMSchedulerConfig::cogvideox()).unwrap();
     let opts = BenchOptions { steps, guidance: 6.0, repeats: 1, seed: 0, progress: false, prompt: None };
-    let input = bench_inputs(&model, &opts, &dev);
+    let input = model.bench_inputs(&opts, &dev);
     let mut group = c.benchmark_group(format!("denoise/{name}-{steps}steps"));
     group.sample_size(samples).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
     let mut rows = vec![("baseline".to_string(), CacheConfig::None)];
@@ -52,8 +49,7 @@ fn bench_model(c: &mut Criterion, name: &str, cfg: CogVideoXConfig, steps: usize
                     CacheConfig::None => Box::new(Identity),
                     other => build::<Backend>(other, &model.host_info()).unwrap(),
                 };
-                let mut sch = scheduler.clone();
-                denoise(&model, &mut sch, input.clone(), &mut s, DenoiseOptions::default()).unwrap()
+                model.denoise(input.clone(), &mut *s, DenoiseOptions::default()).unwrap()
             })
         });
     }
@@ -61,8 +57,12 @@ fn bench_model(c: &mut Criterion, name: &str, cfg: CogVideoXConfig, steps: usize
 }
 
 fn benches(c: &mut Criterion) {
-    bench_model(c, "tiny", tiny(), 12, 20);
-    bench_model(c, "S", CogVideoXConfig::bench_s(), 4, 10);
+    let dev = device();
+    let cog = |cfg: CogVideoXConfig| VideoModel::cogvideox(&cfg, &mut WeightSource::random(0), &dev).unwrap();
+    bench_model(c, "tiny", cog(tiny()), 12, 20);
+    bench_model(c, "S", cog(CogVideoXConfig::bench_s()), 4, 10);
+    let latte = VideoModel::latte(&LatteConfig::bench_latte(), &mut WeightSource::random(0), &dev).unwrap();
+    bench_model(c, "latte", latte, 4, 10);
 }
 
 criterion_group!(denoise_benches, benches);

@@ -4,20 +4,17 @@ use std::time::Instant;
 
 use burn::tensor::{backend::Backend, Tensor};
 use cache_core::{CacheConfig, CacheStats, Decision, FasterCacheConfig, FirstBlockCacheConfig, HostInfo, Identity, Preset,
-    PyramidAttentionBroadcastConfig, WorkModel};
+    PyramidAttentionBroadcastConfig};
 use indicatif::{ProgressBar, ProgressStyle};
-use models::weights::randn;
-use models::{
-    denoise, CogVideoXDDIMScheduler, CogVideoXDDIMSchedulerConfig, CogVideoXTransformer3DModel, DenoiseInput,
-    DenoiseOptions, HostTensor,
-};
+use models::{DenoiseInput, DenoiseOptions, HostTensor};
 use serde::{Deserialize, Serialize};
 
 use crate::parity::rel_l2;
 use crate::strategies::build;
+use crate::video_model::VideoModel;
 
-/// The default strategy list: FBC 0.05 / 0.1 / 0.2, PAB spatial 2, FasterCache with diffusers' CogVideoX
-/// example settings, and the three presets.
+/// The default strategy list: FBC 0.05 / 0.1 / 0.2, PAB spatial 2, FasterCache ([`FasterCacheConfig::for_host`]), and
+/// the three presets.
 pub fn default_strategies(host: &HostInfo) -> Vec<(String, CacheConfig)> {
     let fbc = |t| CacheConfig::FirstBlockCache(FirstBlockCacheConfig { threshold: t, ..Default::default() });
     let mut v = vec![
@@ -31,33 +28,12 @@ pub fn default_strategies(host: &HostInfo) -> Vec<(String, CacheConfig)> {
                 ..Default::default()
             }),
         ),
-        ("fastercache".to_string(), CacheConfig::FasterCache(FasterCacheConfig::cogvideox())),
+        ("fastercache".to_string(), CacheConfig::FasterCache(FasterCacheConfig::for_host(host))),
     ];
     for (name, p) in [("quality", Preset::Quality), ("balanced", Preset::Balanced), ("speed", Preset::Speed)] {
         v.push((name.to_string(), CacheConfig::preset(p, host)));
     }
     v
-}
-
-/// What a generation starts from: latents from `seed`, and the given (prompt, negative) embeddings or, for a
-/// model without a prompt table, embeddings drawn from the seed too.
-pub fn bench_inputs<B: Backend>(
-    model: &CogVideoXTransformer3DModel<B>,
-    opts: &BenchOptions,
-    device: &B::Device,
-) -> DenoiseInput<B> {
-    let c = &model.config;
-    let seed = opts.seed;
-    let frames = (c.sample_frames - 1) / c.temporal_compression_ratio + 1;
-    let text = [1, c.max_text_seq_length, c.text_embed_dim];
-    let (prompt, negative) = opts.prompt.clone().unwrap_or_else(|| (randn(seed + 1, &text), randn(seed + 2, &text)));
-    DenoiseInput {
-        latents: randn(seed, &[1, frames, c.in_channels, c.sample_height, c.sample_width]).to_tensor(device),
-        prompt_embeds: prompt.to_tensor(device),
-        negative_prompt_embeds: Some(negative.to_tensor(device)),
-        num_inference_steps: opts.steps,
-        guidance_scale: opts.guidance,
-    }
 }
 
 /// One row of the table.
@@ -151,28 +127,18 @@ pub struct BenchOptions {
     pub prompt: Option<(HostTensor, HostTensor)>,
 }
 
-/// The work model of a CogVideoX model at its sample size.
-pub fn work_model<B: Backend>(model: &CogVideoXTransformer3DModel<B>) -> WorkModel {
-    let c = &model.config;
-    let frames = (c.sample_frames - 1) / c.temporal_compression_ratio + 1;
-    let tokens = c.max_text_seq_length + frames * (c.sample_height / c.patch_size) * (c.sample_width / c.patch_size);
-    WorkModel { num_blocks: c.num_layers, attention_share: model.attention_share(tokens) }
-}
-
 /// One generation with a strategy (`None`: uncached): final latents, stats, peak bytes, seconds.
 pub fn generate<B: Backend>(
-    model: &CogVideoXTransformer3DModel<B>,
-    scheduler: &CogVideoXDDIMScheduler,
+    model: &mut VideoModel<B>,
     input: &DenoiseInput<B>,
     config: Option<&CacheConfig>,
 ) -> Result<(Vec<f32>, CacheStats, usize, f64), String> {
-    let mut scheduler = scheduler.clone();
     let start = Instant::now();
     let (out, stats, peak): (Tensor<B, 5>, CacheStats, usize) = match config {
-        None => (denoise(model, &mut scheduler, input.clone(), &mut Identity, DenoiseOptions::default()).map_err(|e| e.to_string())?, CacheStats::default(), 0),
+        None => (model.denoise(input.clone(), &mut Identity, DenoiseOptions::default())?, CacheStats::default(), 0),
         Some(cfg) => {
             let mut s = build::<B>(cfg, &model.host_info()).map_err(|e| e.to_string())?;
-            let out = denoise(model, &mut scheduler, input.clone(), &mut s, DenoiseOptions::default()).map_err(|e| e.to_string())?;
+            let out = model.denoise(input.clone(), &mut *s, DenoiseOptions::default())?;
             (out, s.stats(), s.peak_bytes())
         }
     };
@@ -182,23 +148,22 @@ pub fn generate<B: Backend>(
 
 /// Runs the baseline and each strategy `repeats` times (after one warm-up generation) and builds the report.
 pub fn run<B: Backend>(
-    model: &CogVideoXTransformer3DModel<B>,
+    model: &mut VideoModel<B>,
     model_name: &str,
     strategies: &[(String, CacheConfig)],
     opts: &BenchOptions,
     device: &B::Device,
 ) -> Result<Report, String> {
-    let scheduler = CogVideoXDDIMScheduler::new(CogVideoXDDIMSchedulerConfig::cogvideox()).map_err(|e| e.to_string())?;
     for (name, cfg) in strategies {
         cfg.check_host(&model.host_info()).map_err(|e| format!("{name}: {e}"))?;
     }
-    let input = bench_inputs(model, opts, device);
-    let work = work_model(model);
+    let input = model.bench_inputs(opts, device);
+    let work = model.work_model();
     let total = (1 + (strategies.len() + 1) * opts.repeats) as u64;
     let bar = if opts.progress { ProgressBar::new(total) } else { ProgressBar::hidden() };
     bar.set_style(ProgressStyle::with_template("{msg:>14} {bar:30} {pos}/{len} generations [{elapsed_precise}<{eta_precise}]").expect("template"));
     bar.set_message("warm-up");
-    generate(model, &scheduler, &input, None)?;
+    generate(model, &input, None)?;
     bar.inc(1);
 
     let mut rows = Vec::new();
@@ -209,7 +174,7 @@ pub fn run<B: Backend>(
         let mut times = Vec::new();
         let mut first = None;
         for _ in 0..opts.repeats {
-            let (data, stats, peak, secs) = generate(model, &scheduler, &input, cfg)?;
+            let (data, stats, peak, secs) = generate(model, &input, cfg)?;
             times.push(secs);
             first.get_or_insert((data, stats, peak));
             bar.inc(1);

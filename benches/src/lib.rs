@@ -7,3 +7,4 @@ pub mod png;
 pub mod shapes;
 pub mod strategies;
 pub mod tune;
+pub mod video_model;

@@ -1,15 +1,16 @@
-//! Replays parity cases (format: `shared/design/parity-cases.md`) and compares with what diffusers computed.
+//! Replays parity cases (format: `shared/design/parity-cases.md`, with the Latte additions of
+//! `docs/parity-cases.md`) and compares with what diffusers computed. The model family comes from
+//! `transformer/config.json`'s `_class_name`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{backend::Backend, Tensor};
-use cache_core::{Branch, CacheConfig, CallContext, Identity, StepContext, StepTrace};
+use burn::tensor::backend::Backend;
+use cache_core::{CacheConfig, StepTrace};
 use models::weights::read_safetensors;
-use models::{
-    denoise, CogVideoXDDIMScheduler, CogVideoXDDIMSchedulerConfig, CogVideoXTransformer3DModel, DenoiseInput,
-    DenoiseOptions, ForwardInput, HostTensor,
-};
+use models::{DenoiseInput, DenoiseOptions, ForwardInput, HostTensor};
+
+use crate::video_model::VideoModel;
 use serde::{Deserialize, Serialize};
 
 /// `case.json`.
@@ -122,8 +123,7 @@ fn try_run_case<B: Backend>(dir: &Path, device: &B::Device) -> Result<Outcome, S
     match spec.kind.as_str() {
         "forward" => {
             let tensors = read_safetensors(&dir.join("case.safetensors")).map_err(|e| e.to_string())?;
-            let model = CogVideoXTransformer3DModel::<B>::from_pretrained(&dir.join("transformer"), device)
-                .map_err(|e| e.to_string())?;
+            let model = VideoModel::<B>::from_dir(dir, device)?;
             let err = run_forward(&model, &tensors, device)?;
             Ok((spec.kind, err, tol, None))
         }
@@ -140,24 +140,21 @@ fn take<'a>(tensors: &'a BTreeMap<String, HostTensor>, name: &str) -> Result<&'a
 }
 
 fn run_forward<B: Backend>(
-    model: &CogVideoXTransformer3DModel<B>,
+    model: &VideoModel<B>,
     tensors: &BTreeMap<String, HostTensor>,
     device: &B::Device,
 ) -> Result<f64, String> {
     let hidden = take(tensors, "hidden_states")?;
     let expected = take(tensors, "sample")?;
-    let dims: [usize; 5] = hidden.shape.clone().try_into().map_err(|_| "hidden_states must be 5-D".to_string())?;
-    let [b, f, _, h, w] = dims;
+    if hidden.shape.len() != 5 {
+        return Err("hidden_states must be 5-D".into());
+    }
     let input = ForwardInput {
         hidden_states: hidden.to_tensor::<B, 5>(device),
         encoder_hidden_states: take(tensors, "encoder_hidden_states")?.to_tensor::<B, 3>(device),
         timestep: take(tensors, "timestep")?.data.clone(),
     };
-    let positions = model.positions(f, h, w, device).map_err(|e| e.to_string())?;
-    let step = StepContext { step: 0, num_steps: 1, timestep: input.timestep.first().copied().unwrap_or(0.0) as f64 };
-    let ctx = CallContext::new(step, Branch::Unguided, b);
-    let out = model.forward(input, &positions, &ctx, &mut Identity).map_err(|e| e.to_string())?;
-    let out = HostTensor::from_tensor(out);
+    let out = HostTensor::from_tensor(model.forward(input)?);
     if out.shape != expected.shape {
         return Err(format!("output shape {:?}, expected {:?}", out.shape, expected.shape));
     }
@@ -166,10 +163,8 @@ fn run_forward<B: Backend>(
 
 /// A denoise case, loaded: the model, its scheduler, the inputs, the cache configuration and the reference.
 pub struct DenoiseCase<B: Backend> {
-    /// The transformer.
-    pub model: CogVideoXTransformer3DModel<B>,
-    /// The scheduler, from `scheduler/scheduler_config.json`.
-    pub scheduler: CogVideoXDDIMScheduler,
+    /// The transformer and its scheduler (from `scheduler/scheduler_config.json`).
+    pub model: VideoModel<B>,
     /// What the generation starts from.
     pub input: DenoiseInput<B>,
     /// The case's cache strategy (`CacheConfig::None` when null).
@@ -197,19 +192,18 @@ fn load_denoise_spec<B: Backend>(dir: &Path, spec: &CaseSpec, device: &B::Device
         return Err(format!("{} is a {:?} case", dir.display(), spec.kind));
     }
     let tensors = read_safetensors(&dir.join("case.safetensors")).map_err(|e| e.to_string())?;
-    let model = CogVideoXTransformer3DModel::<B>::from_pretrained(&dir.join("transformer"), device)
-        .map_err(|e| e.to_string())?;
+    if !dir.join("scheduler").join("scheduler_config.json").exists() {
+        return Err(format!("{}: a denoise case needs scheduler/scheduler_config.json", dir.display()));
+    }
+    let mut model = VideoModel::<B>::from_dir(dir, device)?;
     let cache: CacheConfig = match &spec.cache {
         None | Some(serde_json::Value::Null) => CacheConfig::None,
         Some(v) => serde_json::from_value(v.clone()).map_err(|e| format!("case.json `cache`: {e}"))?,
     };
-    let cfg = CogVideoXDDIMSchedulerConfig::from_json_file(&dir.join("scheduler").join("scheduler_config.json"))
-        .map_err(|e| e.to_string())?;
-    let mut scheduler = CogVideoXDDIMScheduler::new(cfg).map_err(|e| e.to_string())?;
     let steps = spec.num_inference_steps.ok_or("denoise case without num_inference_steps")?;
     let guidance = spec.guidance_scale.ok_or("denoise case without guidance_scale")?;
     let expected_t: Vec<i64> = take(&tensors, "timesteps")?.data.iter().map(|&v| v as i64).collect();
-    let ours_t = scheduler.set_timesteps(steps).map_err(|e| e.to_string())?.to_vec();
+    let ours_t = model.timesteps(steps)?;
     if ours_t != expected_t {
         return Err(format!("timesteps differ: ours {ours_t:?}, diffusers {expected_t:?}"));
     }
@@ -229,16 +223,14 @@ fn load_denoise_spec<B: Backend>(dir: &Path, spec: &CaseSpec, device: &B::Device
     } else {
         None
     };
-    Ok(DenoiseCase { model, scheduler, input, cache, expected, trace })
+    Ok(DenoiseCase { model, input, cache, expected, trace })
 }
 
 fn run_denoise<B: Backend>(dir: &Path, spec: &CaseSpec, device: &B::Device) -> Result<(f64, Option<bool>), String> {
     let mut case = load_denoise_spec::<B>(dir, spec, device)?;
     let mut strategy =
         crate::strategies::build::<B>(&case.cache, &case.model.host_info()).map_err(|e| e.to_string())?;
-    let out = denoise(&case.model, &mut case.scheduler, case.input, &mut strategy, DenoiseOptions::default())
-        .map_err(|e| e.to_string())?;
-    let out: Tensor<B, 5> = out;
+    let out = case.model.denoise(case.input, &mut *strategy, DenoiseOptions::default())?;
     let out = HostTensor::from_tensor(out);
     if out.shape != case.expected.shape {
         return Err(format!("final latents shape {:?}, expected {:?}", out.shape, case.expected.shape));

@@ -5,12 +5,12 @@
 //! configurations are timed again (median of `confirm` runs) and the fastest wins.
 
 use burn::tensor::backend::Backend;
-use cache_core::{CacheConfig, FasterCacheConfig, FirstBlockCacheConfig, PyramidAttentionBroadcastConfig, WeightSchedule};
+use cache_core::{CacheConfig, FasterCacheConfig, HostInfo, FirstBlockCacheConfig, PyramidAttentionBroadcastConfig, WeightSchedule};
 use indicatif::{ProgressBar, ProgressStyle};
-use models::{CogVideoXDDIMScheduler, CogVideoXDDIMSchedulerConfig, CogVideoXTransformer3DModel};
 use serde::Serialize;
 
-use crate::bench::{bench_inputs, generate, psnr, work_model, BenchOptions};
+use crate::bench::{generate, psnr, BenchOptions};
+use crate::video_model::VideoModel;
 use crate::parity::rel_l2;
 use crate::strategies::label;
 
@@ -44,7 +44,7 @@ pub struct Candidate {
     pub meets: bool,
 }
 
-fn grid() -> Vec<Vec<CacheConfig>> {
+fn grid(host: &HostInfo) -> Vec<Vec<CacheConfig>> {
     let fbc = [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5]
         .map(|t| CacheConfig::FirstBlockCache(FirstBlockCacheConfig { threshold: t, ..Default::default() }))
         .to_vec();
@@ -64,7 +64,7 @@ fn grid() -> Vec<Vec<CacheConfig>> {
             fc.push(CacheConfig::FasterCache(FasterCacheConfig {
                 unconditional_batch_skip_range: uncond,
                 attention_weight: WeightSchedule::Constant(w),
-                ..FasterCacheConfig::cogvideox()
+                ..FasterCacheConfig::for_host(host)
             }));
         }
     }
@@ -73,28 +73,27 @@ fn grid() -> Vec<Vec<CacheConfig>> {
 
 /// Runs the search; returns every candidate evaluated (fastest passing first) and the baseline time.
 pub fn tune<B: Backend>(
-    model: &CogVideoXTransformer3DModel<B>,
+    model: &mut VideoModel<B>,
     opts: &BenchOptions,
     target: Target,
     confirm: usize,
     device: &B::Device,
 ) -> Result<(Vec<Candidate>, f64), String> {
-    let scheduler = CogVideoXDDIMScheduler::new(CogVideoXDDIMSchedulerConfig::cogvideox()).map_err(|e| e.to_string())?;
-    let input = bench_inputs(model, opts, device);
-    let work = work_model(model);
-    let families = grid();
+    let input = model.bench_inputs(opts, device);
+    let work = model.work_model();
+    let families = grid(&model.host_info());
     let singles: usize = families.iter().map(Vec::len).sum();
     let bar = if opts.progress { ProgressBar::new((2 + singles + 4 + 3 * confirm) as u64) } else { ProgressBar::hidden() };
     bar.set_style(ProgressStyle::with_template("{msg:>28} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}]").expect("template"));
     bar.set_message("baseline");
-    generate(model, &scheduler, &input, None)?; // warm-up
-    let (base, _, _, base_time) = generate(model, &scheduler, &input, None)?;
+    generate(model, &input, None)?; // warm-up
+    let (base, _, _, base_time) = generate(model, &input, None)?;
     bar.inc(2);
 
-    let evaluate = |cfg: CacheConfig, bar: &ProgressBar| -> Result<Candidate, String> {
+    let mut evaluate = |cfg: CacheConfig, bar: &ProgressBar| -> Result<Candidate, String> {
         let name = label(&cfg);
         bar.set_message(name.clone());
-        let (data, stats, _, time) = generate(model, &scheduler, &input, Some(&cfg))?;
+        let (data, stats, _, time) = generate(model, &input, Some(&cfg))?;
         bar.inc(1);
         let (p, e) = (psnr(&data, &base), rel_l2(&data, &base));
         let meets = match target {
@@ -135,7 +134,7 @@ pub fn tune<B: Backend>(
         bar.set_message(format!("confirm {}", c.name));
         let mut times = vec![c.time_s];
         for _ in 0..confirm {
-            times.push(generate(model, &scheduler, &input, Some(&c.config))?.3);
+            times.push(generate(model, &input, Some(&c.config))?.3);
             bar.inc(1);
         }
         times.sort_by(f64::total_cmp);

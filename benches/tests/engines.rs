@@ -13,7 +13,8 @@ use cache_core::{
     FirstBlockCacheConfig, Identity, PyramidAttentionBroadcastConfig, StepContext,
 };
 use cache_fbc::FirstBlockCache;
-use models::{denoise, DenoiseOptions, ForwardInput, HostTensor};
+use benches::video_model::VideoModel;
+use models::{CogVideoXDDIMScheduler, CogVideoXTransformer3DModel, DenoiseOptions, ForwardInput, HostTensor};
 
 fn case(name: &str) -> DenoiseCase<B> {
     let dir: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/cases").join(name);
@@ -21,8 +22,24 @@ fn case(name: &str) -> DenoiseCase<B> {
 }
 
 fn run(c: &mut DenoiseCase<B>, strategy: &mut dyn CacheStrategy<B>) -> Vec<f32> {
-    let out = denoise(&c.model, &mut c.scheduler, c.input.clone(), strategy, DenoiseOptions::default()).unwrap();
+    let out = c.model.denoise(c.input.clone(), strategy, DenoiseOptions::default()).unwrap();
     HostTensor::from_tensor(out).data
+}
+
+/// The transformer of a CogVideoX case.
+fn cog_model(m: &VideoModel<B>) -> &CogVideoXTransformer3DModel<B> {
+    match m {
+        VideoModel::CogVideoX { model, .. } => model,
+        VideoModel::Latte(_) => panic!("these tests run on CogVideoX cases"),
+    }
+}
+
+/// The transformer and scheduler of a CogVideoX case.
+fn cog(m: &mut VideoModel<B>) -> (&CogVideoXTransformer3DModel<B>, &mut CogVideoXDDIMScheduler) {
+    match m {
+        VideoModel::CogVideoX { model, scheduler } => (model, scheduler),
+        VideoModel::Latte(_) => panic!("these tests run on CogVideoX cases"),
+    }
 }
 
 fn strategy(c: &DenoiseCase<B>, cfg: &CacheConfig) -> Box<dyn CacheStrategy<B>> {
@@ -76,9 +93,10 @@ fn caching_changes_the_result_and_stays_close() {
 /// A CFG loop written by hand with the batch in either order (the pipeline uses `[uncond, cond]`).
 fn denoise_with_order(c: &mut DenoiseCase<B>, s: &mut dyn CacheStrategy<B>, actual: CfgOrder, told: CfgOrder) -> Vec<f32> {
     let dev = device();
-    let timesteps = c.scheduler.set_timesteps(c.input.num_inference_steps).unwrap().to_vec();
+    let (model, scheduler) = cog(&mut c.model);
+    let timesteps = scheduler.set_timesteps(c.input.num_inference_steps).unwrap().to_vec();
     let [_, f, _, h, w] = c.input.latents.dims();
-    let positions = c.model.positions(f, h, w, &dev).unwrap();
+    let positions = model.positions(f, h, w, &dev).unwrap();
     let (cond, uncond) = (c.input.prompt_embeds.clone(), c.input.negative_prompt_embeds.clone().unwrap());
     let enc = match actual {
         CfgOrder::UncondFirst => Tensor::cat(vec![uncond, cond], 0),
@@ -97,14 +115,14 @@ fn denoise_with_order(c: &mut DenoiseCase<B>, s: &mut dyn CacheStrategy<B>, actu
             encoder_hidden_states: enc.clone(),
             timestep: vec![t as f32; 2],
         };
-        let out = c.model.forward(input, &positions, &ctx, s).unwrap();
+        let out = model.forward(input, &positions, &ctx, s).unwrap();
         let [a, b]: [Tensor<B, 5>; 2] = out.chunk(2, 0).try_into().unwrap();
         let (u, k) = match actual {
             CfgOrder::UncondFirst => (a, b),
             CfgOrder::CondFirst => (b, a),
         };
         let guided = u.clone() + (k - u) * (c.input.guidance_scale as f32);
-        latents = c.scheduler.step(guided, t, latents).unwrap();
+        latents = scheduler.step(guided, t, latents).unwrap();
     }
     HostTensor::from_tensor(latents).data
 }
@@ -129,8 +147,9 @@ fn separate_cfg_passes_keep_separate_state() {
     // engines, one per branch.
     let c = case("fbc_1");
     let dev = device();
+    let model = cog_model(&c.model);
     let [_, f, _, h, w] = c.input.latents.dims();
-    let positions = c.model.positions(f, h, w, &dev).unwrap();
+    let positions = model.positions(f, h, w, &dev).unwrap();
     let cfg = FirstBlockCacheConfig { threshold: 0.3, ..Default::default() };
     let mut shared = FirstBlockCache::<B>::new(cfg.clone());
     let mut alone = [FirstBlockCache::<B>::new(cfg.clone()), FirstBlockCache::<B>::new(cfg)];
@@ -144,8 +163,8 @@ fn separate_cfg_passes_keep_separate_state() {
                 encoder_hidden_states: embeds[k].clone(),
                 timestep: vec![t],
             };
-            let a = c.model.forward(input.clone(), &positions, &ctx, &mut shared).unwrap();
-            let b = c.model.forward(input, &positions, &ctx, &mut alone[k]).unwrap();
+            let a = model.forward(input.clone(), &positions, &ctx, &mut shared).unwrap();
+            let b = model.forward(input, &positions, &ctx, &mut alone[k]).unwrap();
             assert_eq!(HostTensor::from_tensor(a).data, HostTensor::from_tensor(b).data, "step {i} branch {k}");
         }
         skipped += shared.stats().steps.iter().filter(|s| s.blocks == Some(Decision::Skip)).count();
@@ -157,8 +176,9 @@ fn separate_cfg_passes_keep_separate_state() {
 fn per_sample_decisions_are_not_pooled() {
     let c = case("fbc_1");
     let dev = device();
+    let model = cog_model(&c.model);
     let [_, f, _, h, w] = c.input.latents.dims();
-    let positions = c.model.positions(f, h, w, &dev).unwrap();
+    let positions = model.positions(f, h, w, &dev).unwrap();
     let x0 = c.input.latents.clone();
     let x1 = x0.clone() * 0.5 + 0.7;
     let enc = Tensor::cat(vec![c.input.prompt_embeds.clone(), c.input.prompt_embeds.clone()], 0);
@@ -167,7 +187,7 @@ fn per_sample_decisions_are_not_pooled() {
         let x = if second { Tensor::cat(vec![x0.clone(), x1.clone()], 0) } else { Tensor::cat(vec![x0.clone(), x0.clone()], 0) };
         let ctx = CallContext::new(StepContext { step, num_steps: 2, timestep: 500.0 }, Branch::Unguided, 2);
         let input = ForwardInput { hidden_states: x, encoder_hidden_states: enc.clone(), timestep: vec![500.0; 2] };
-        let out = c.model.forward(input, &positions, &ctx, s).unwrap();
+        let out = model.forward(input, &positions, &ctx, s).unwrap();
         let [a, b]: [Tensor<B, 5>; 2] = out.chunk(2, 0).try_into().unwrap();
         (HostTensor::from_tensor(a).data, HostTensor::from_tensor(b).data)
     };

@@ -13,7 +13,7 @@ fn cases_root() -> PathBuf {
 #[test]
 fn every_committed_case_passes() {
     let cases = expand_case_dirs(&[cases_root()]);
-    assert!(cases.len() >= 7, "expected the committed cases, found {cases:?}");
+    assert!(cases.len() >= 22, "expected the committed cases, found {cases:?}");
     let mut failures = Vec::new();
     for dir in &cases {
         let report = run_case::<Backend>(dir, &device());

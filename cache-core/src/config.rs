@@ -115,6 +115,11 @@ fn default_spatial_ids() -> Vec<String> {
         .to_vec()
 }
 
+/// `^`-anchored copies of identifiers.
+fn anchored(ids: &[String]) -> Vec<String> {
+    ids.iter().map(|i| format!("^{i}")).collect()
+}
+
 fn default_temporal_ids() -> Vec<String> {
     vec!["temporal_transformer_blocks".into()]
 }
@@ -292,6 +297,18 @@ impl FasterCacheConfig {
             ..Self::default()
         }
     }
+
+    /// [`FasterCacheConfig::cogvideox`] fitted to a model: the same reuse on its temporal sites when it has
+    /// any (Latte), and its output layout.
+    pub fn for_host(host: &HostInfo) -> Self {
+        let mut fc = Self::cogvideox();
+        if host.sites.iter().any(|s| s.kind == AttentionKind::Temporal) {
+            fc.temporal_attention_block_skip_range = fc.spatial_attention_block_skip_range;
+            fc.temporal_attention_timestep_skip_range = fc.spatial_attention_timestep_skip_range;
+        }
+        fc.tensor_format = host.tensor_format.clone();
+        fc
+    }
 }
 
 /// A cache strategy's configuration.
@@ -320,6 +337,10 @@ pub struct HostInfo {
     pub sites: Vec<AttentionSite>,
     /// Blocks in the stack that First Block Cache splits into head and tail.
     pub num_blocks: usize,
+    /// The layout of the model's output, as FasterCache's `tensor_format` names it (`BFCHW` for CogVideoX,
+    /// `BCFHW` for Latte); presets use it. The engines' results do not depend on it for 5-D outputs (the
+    /// frequency split acts on each `[H, W]` plane), so a config stating another 5-D layout is accepted.
+    pub tensor_format: String,
 }
 
 /// The three presets of the seed article.
@@ -441,8 +462,15 @@ fn require_class(
     field: &str,
 ) -> Result<(), ConfigError> {
     if set.is_some() && !classes.contains(&Some(class)) {
+        // diffusers would ignore the field silently; say why it would have no effect.
+        let hint = if class == SiteClass::Temporal && classes.contains(&Some(SiteClass::Spatial)) {
+            " (sites are classified spatial first, and diffusers' default spatial identifier \
+             `transformer_blocks` also matches `temporal_transformer_blocks`: anchor it as `^transformer_blocks`)"
+        } else {
+            ""
+        };
         return Err(ConfigError::NotHostable(format!(
-            "`{field}` is set but no attention site of the model matches its {class:?} identifiers"
+            "`{field}` is set but no attention site of the model matches its {class:?} identifiers{hint}"
         )));
     }
     Ok(())
@@ -464,23 +492,23 @@ impl CacheConfig {
 
     /// A preset, restricted to what `host` has (no temporal PAB on a model without temporal attention).
     pub fn preset(preset: Preset, host: &HostInfo) -> Self {
-        let (threshold, spatial, temporal, faster) = match preset {
-            Preset::Quality => (0.02, 1, 2, false),
-            Preset::Balanced => (0.05, 2, 3, true),
-            Preset::Speed => (0.1, 3, 4, true),
+        let (threshold, spatial, temporal, cross, faster) = match preset {
+            Preset::Quality => (0.02, 1, 2, 3, false),
+            Preset::Balanced => (0.05, 2, 3, 4, true),
+            Preset::Speed => (0.1, 3, 4, 6, true),
         };
-        let mut pab = PyramidAttentionBroadcastConfig {
+        let has = |kind: AttentionKind| host.sites.iter().any(|s| s.kind == kind);
+        let pab = PyramidAttentionBroadcastConfig {
             spatial_attention_block_skip_range: Some(spatial),
-            temporal_attention_block_skip_range: Some(temporal),
+            // Anchored, so that temporal blocks (`temporal_transformer_blocks`) get the temporal range.
+            spatial_attention_block_identifiers: anchored(&default_spatial_ids()),
+            temporal_attention_block_skip_range: has(AttentionKind::Temporal).then_some(temporal),
+            cross_attention_block_skip_range: has(AttentionKind::Cross).then_some(cross),
             ..Default::default()
         };
-        let classes = pab.classes(&host.sites).unwrap_or_default();
-        if !classes.contains(&Some(SiteClass::Temporal)) {
-            pab.temporal_attention_block_skip_range = None;
-        }
         let mut strategies = Vec::new();
         if faster {
-            strategies.push(CacheConfig::FasterCache(FasterCacheConfig::cogvideox()));
+            strategies.push(CacheConfig::FasterCache(FasterCacheConfig::for_host(host)));
         }
         strategies.push(CacheConfig::FirstBlockCache(FirstBlockCacheConfig { threshold, ..Default::default() }));
         strategies.push(CacheConfig::PyramidAttentionBroadcast(pab));
@@ -581,7 +609,7 @@ mod tests {
         let sites = (0..2)
             .map(|i| AttentionSite { stack: "transformer_blocks", index: i, attn: "attn1", kind: AttentionKind::Spatial })
             .collect();
-        HostInfo { sites, num_blocks: 2 }
+        HostInfo { sites, num_blocks: 2, tensor_format: "BFCHW".into() }
     }
 
     #[test]

@@ -17,9 +17,11 @@
 //! batch holds) explicitly: there is no global callback. [`Identity`] does nothing and costs nothing;
 //! [`Stack`] composes strategies; [`StateMap`] keeps state per site and per branch context;
 //! [`MemoryLedger`] counts held bytes against an optional budget; [`CacheStats`] records decisions.
+//! [`attention_site`] and [`block_stack`] are the calls a model's forward makes at levels 2 and 3.
 
 mod config;
 mod context;
+mod hooks;
 mod memory;
 mod stack;
 mod state;
@@ -31,6 +33,7 @@ pub use config::{
     Preset, PyramidAttentionBroadcastConfig, SiteClass, TensorFormat, TimestepRange, WeightSchedule,
 };
 pub use context::{AttentionKind, AttentionSite, Branch, CallContext, CfgOrder, StepContext};
+pub use hooks::{attention_site, block_stack};
 pub use memory::{joint_bytes, tensor_bytes, MemoryLedger};
 pub use stack::Stack;
 pub use state::StateMap;

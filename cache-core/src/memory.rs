@@ -9,9 +9,9 @@ pub fn tensor_bytes<B: Backend, const D: usize>(t: &Tensor<B, D>) -> usize {
     t.shape().num_elements() * t.dtype().size()
 }
 
-/// Bytes of both streams.
+/// Bytes of the streams.
 pub fn joint_bytes<B: Backend>(s: &JointStates<B>) -> usize {
-    tensor_bytes(&s.hidden) + tensor_bytes(&s.encoder)
+    tensor_bytes(&s.hidden) + s.encoder.as_ref().map_or(0, tensor_bytes)
 }
 
 /// Counts the bytes a strategy holds. With a limit, [`MemoryLedger::replace`] refuses an entry that would

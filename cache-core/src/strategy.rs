@@ -5,7 +5,12 @@ use burn::tensor::{backend::Backend, Tensor};
 use crate::context::{AttentionSite, CallContext};
 use crate::stats::CacheStats;
 
-/// The two token streams of a joint-attention transformer: video tokens and text tokens.
+/// The token streams a block or an attention site produces: the video tokens and, in a joint-attention
+/// transformer (CogVideoX), the text tokens too. Models whose blocks carry one stream (Latte, DiT) leave
+/// `encoder` empty.
+///
+/// The batch is always the first dimension: a model that runs attention on `[batch·frames, tokens, dim]`
+/// rows hands its hooks the `[batch, frames·tokens, dim]` view, so engines can split CFG halves and samples.
 ///
 /// # Shapes
 /// - `hidden`: `[batch, video_tokens, dim]`
@@ -14,8 +19,34 @@ use crate::stats::CacheStats;
 pub struct JointStates<B: Backend> {
     /// Video tokens.
     pub hidden: Tensor<B, 3>,
-    /// Text tokens.
-    pub encoder: Tensor<B, 3>,
+    /// Text tokens, for joint-attention models.
+    pub encoder: Option<Tensor<B, 3>>,
+}
+
+impl<B: Backend> JointStates<B> {
+    /// One stream (a model whose blocks carry the video tokens only).
+    pub fn single(hidden: Tensor<B, 3>) -> Self {
+        Self { hidden, encoder: None }
+    }
+
+    /// Two streams (a joint-attention model).
+    pub fn joint(hidden: Tensor<B, 3>, encoder: Tensor<B, 3>) -> Self {
+        Self { hidden, encoder: Some(encoder) }
+    }
+
+    /// Applies `f` to each stream.
+    pub fn map(self, f: impl Fn(Tensor<B, 3>) -> Tensor<B, 3>) -> Self {
+        Self { hidden: f(self.hidden), encoder: self.encoder.map(f) }
+    }
+
+    /// Combines two states stream by stream (a stream present in only one of them is dropped).
+    pub fn zip(self, other: Self, f: impl Fn(Tensor<B, 3>, Tensor<B, 3>) -> Tensor<B, 3>) -> Self {
+        let encoder = match (self.encoder, other.encoder) {
+            (Some(a), Some(b)) => Some(f(a, b)),
+            _ => None,
+        };
+        Self { hidden: f(self.hidden, other.hidden), encoder }
+    }
 }
 
 /// What the model runs for one denoiser call.

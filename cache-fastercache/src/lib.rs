@@ -269,10 +269,7 @@ impl<B: Backend> CacheStrategy<B> for FasterCache<B> {
         let plan = match (&state.cache, skip) {
             (Some((o2, o1)), true) if o1.hidden.dims()[0] == ctx.batch_size => {
                 let w = weight as f32;
-                AttentionPlan::Reuse(JointStates {
-                    hidden: o1.hidden.clone() + (o1.hidden.clone() - o2.hidden.clone()) * w,
-                    encoder: o1.encoder.clone() + (o1.encoder.clone() - o2.encoder.clone()) * w,
-                })
+                AttentionPlan::Reuse(o1.clone().zip(o2.clone(), |o1, o2| o1.clone() + (o1 - o2) * w))
             }
             _ => AttentionPlan::Compute,
         };
@@ -290,7 +287,7 @@ impl<B: Backend> CacheStrategy<B> for FasterCache<B> {
         let state = self.attention.get_mut(ctx, *site);
         let entry = match order {
             Some(order) if !distilled && Some(ctx.batch_size) == state.batch_size && ctx.batch_size % 2 == 0 => {
-                JointStates { hidden: cond_half(output.hidden.clone(), order), encoder: cond_half(output.encoder.clone(), order) }
+                output.clone().map(|t| cond_half(t, order))
             }
             _ => output.clone(),
         };

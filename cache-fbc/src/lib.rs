@@ -123,10 +123,7 @@ impl<B: Backend> CacheStrategy<B> for FirstBlockCache<B> {
             trace.blocks = Some(Decision::Skip);
             state.consecutive_skips += 1;
             let tail = state.tail.as_ref().expect("checked above");
-            return TailPlan::Skip(JointStates {
-                hidden: output.hidden.clone() + tail.hidden.clone(),
-                encoder: output.encoder.clone() + tail.encoder.clone(),
-            });
+            return TailPlan::Skip(output.clone().zip(tail.clone(), |o, t| o + t));
         }
         trace.blocks = Some(Decision::Compute);
         state.consecutive_skips = 0;
@@ -138,10 +135,7 @@ impl<B: Backend> CacheStrategy<B> for FirstBlockCache<B> {
     fn after_tail_blocks(&mut self, ctx: &CallContext, head_output: &JointStates<B>, output: JointStates<B>) -> JointStates<B> {
         let state = self.states.get_mut(ctx, ctx.batch_size);
         let Some(mut residual) = state.pending_residual.take() else { return output };
-        let mut tail = JointStates {
-            hidden: output.hidden.clone() - head_output.hidden.clone(),
-            encoder: output.encoder.clone() - head_output.encoder.clone(),
-        };
+        let mut tail = output.clone().zip(head_output.clone(), |o, h| o - h);
         let mut output = output;
         if let (Some(skips), Some(prev), Some(old_tail)) =
             (state.mixed_skip.take(), state.head_residual.as_ref(), state.tail.as_ref())
@@ -149,14 +143,9 @@ impl<B: Backend> CacheStrategy<B> for FirstBlockCache<B> {
             // Samples that decided to skip keep their reference and take their cached tail.
             let m = mask::<B>(&skips, &residual.device());
             residual = select(&m, prev.clone(), residual);
-            tail = JointStates {
-                hidden: select(&m, old_tail.hidden.clone(), tail.hidden),
-                encoder: select(&m, old_tail.encoder.clone(), tail.encoder),
-            };
-            output = JointStates {
-                hidden: select(&m, head_output.hidden.clone() + old_tail.hidden.clone(), output.hidden),
-                encoder: select(&m, head_output.encoder.clone() + old_tail.encoder.clone(), output.encoder),
-            };
+            tail = old_tail.clone().zip(tail, |old, new| select(&m, old, new));
+            let cached = head_output.clone().zip(old_tail.clone(), |h, t| h + t);
+            output = cached.zip(output, |cached, computed| select(&m, cached, computed));
         }
         if self.memory.hold(&mut state.bytes, tensor_bytes(&residual) + joint_bytes(&tail)) {
             state.head_residual = Some(residual);

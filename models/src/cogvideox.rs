@@ -11,14 +11,15 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use cache_core::{
-    AttentionKind, AttentionPlan, AttentionSite, BatchPlan, Branch, CacheStrategy, CallContext, CfgOrder, HostInfo,
-    JointStates, TailPlan,
+    attention_site, block_stack, AttentionKind, AttentionSite, BatchPlan, CacheStrategy, CallContext,
+    HostInfo, JointStates,
 };
 
 use crate::config::CogVideoXConfig;
+use crate::input::{cond_half, ForwardInput};
 use crate::embeddings;
 use crate::error::{ModelError, Result};
-use crate::nn::{gelu_tanh, LayerNorm, Linear};
+use crate::nn::{FeedForward, LayerNorm, Linear, TimestepEmbedding};
 use crate::weights::{VarBuilder, WeightSource};
 
 /// Positional information for one input size, computed once per generation
@@ -77,24 +78,7 @@ impl<B: Backend> CogVideoXPatchEmbed<B> {
             .reshape([b * f, c, hp, p, wp, p])
             .permute([0, 2, 4, 1, 3, 5])
             .reshape([b, f * hp * wp, c * p * p]);
-        JointStates { hidden: self.proj.forward(patches), encoder: self.text_proj.forward(text) }
-    }
-}
-
-/// `TimestepEmbedding`: `linear_2(silu(linear_1(x)))`.
-#[derive(Module, Debug)]
-pub struct TimestepEmbedding<B: Backend> {
-    /// `time_embedding.linear_1`.
-    pub linear_1: Linear<B>,
-    /// `time_embedding.linear_2`.
-    pub linear_2: Linear<B>,
-}
-
-impl<B: Backend> TimestepEmbedding<B> {
-    /// # Shapes
-    /// `[B, in]` → `[B, time_embed_dim]`
-    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        self.linear_2.forward(silu(self.linear_1.forward(x)))
+        JointStates::joint(self.proj.forward(patches), self.text_proj.forward(text))
     }
 }
 
@@ -125,13 +109,13 @@ impl<B: Backend> CogVideoXLayerNormZero<B> {
         })
     }
 
-    fn forward(&self, x: &JointStates<B>, temb: &Tensor<B, 2>) -> Modulated<B> {
+    fn forward(&self, hidden: &Tensor<B, 3>, encoder: &Tensor<B, 3>, temb: &Tensor<B, 2>) -> Modulated<B> {
         let mods = self.linear.forward(silu(temb.clone())).unsqueeze_dim::<3>(1).chunk(6, 2);
         let [shift, scale, gate, enc_shift, enc_scale, enc_gate]: [Tensor<B, 3>; 6] =
             mods.try_into().expect("six chunks");
-        let hidden = self.norm.forward(x.hidden.clone()) * (scale + 1.0) + shift;
-        let encoder = self.norm.forward(x.encoder.clone()) * (enc_scale + 1.0) + enc_shift;
-        Modulated { states: JointStates { hidden, encoder }, gate, enc_gate }
+        let hidden = self.norm.forward(hidden.clone()) * (scale + 1.0) + shift;
+        let encoder = self.norm.forward(encoder.clone()) * (enc_scale + 1.0) + enc_shift;
+        Modulated { states: JointStates::joint(hidden, encoder), gate, enc_gate }
     }
 }
 
@@ -178,9 +162,9 @@ impl<B: Backend> CogVideoXAttention<B> {
 
     /// # Shapes
     /// - `x.hidden`: `[B, N, D]`, `x.encoder`: `[B, S, D]` → the same shapes
-    pub fn forward(&self, x: JointStates<B>, positions: &Positions<B>) -> JointStates<B> {
-        let s = x.encoder.dims()[1];
-        let tokens = Tensor::cat(vec![x.encoder, x.hidden], 1);
+    pub fn forward(&self, hidden: Tensor<B, 3>, encoder: Tensor<B, 3>, positions: &Positions<B>) -> JointStates<B> {
+        let s = encoder.dims()[1];
+        let tokens = Tensor::cat(vec![encoder, hidden], 1);
         let [b, l, d] = tokens.dims();
         let q = self.norm_q.forward(self.heads(self.to_q.forward(tokens.clone())));
         let k = self.norm_k.forward(self.heads(self.to_k.forward(tokens.clone())));
@@ -191,7 +175,7 @@ impl<B: Backend> CogVideoXAttention<B> {
         };
         let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
         let out = self.to_out.forward(out.swap_dims(1, 2).reshape([b, l, d]));
-        JointStates { encoder: out.clone().narrow(1, 0, s), hidden: out.narrow(1, s, l - s) }
+        JointStates::joint(out.clone().narrow(1, s, l - s), out.narrow(1, 0, s))
     }
 }
 
@@ -207,32 +191,6 @@ fn rope_video<B: Backend>(x: Tensor<B, 4>, text: usize, cos: &Tensor<B, 4>, sin:
     let rotated = Tensor::cat(vec![imag.neg(), real], 4).reshape([b, h, n, hd]);
     let vid = vid * cos.clone() + rotated * sin.clone();
     Tensor::cat(vec![txt, vid], 2)
-}
-
-/// `FeedForward` with `GELU(approximate="tanh")`: `net.2(gelu(net.0.proj(x)))`.
-#[derive(Module, Debug)]
-pub struct FeedForward<B: Backend> {
-    /// `net.0.proj`.
-    pub net_0_proj: Linear<B>,
-    /// `net.2`.
-    pub net_2: Linear<B>,
-}
-
-impl<B: Backend> FeedForward<B> {
-    fn load(vb: &mut VarBuilder<'_, B>, dim: usize) -> Result<Self> {
-        let mut vb = vb.pp("ff");
-        let inner = 4 * dim;
-        Ok(Self {
-            net_0_proj: Linear::load(&mut vb, "net.0.proj", dim, inner, true)?,
-            net_2: Linear::load(&mut vb, "net.2", inner, dim, true)?,
-        })
-    }
-
-    /// # Shapes
-    /// `[B, L, D]` → `[B, L, D]`
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.net_2.forward(gelu_tanh(self.net_0_proj.forward(x)))
-    }
 }
 
 /// `CogVideoXBlock`: modulated joint attention, then a modulated feed-forward over `[text, video]`.
@@ -276,26 +234,32 @@ impl<B: Backend> CogVideoXBlock<B> {
         positions: &Positions<B>,
         ctx: &CallContext,
         strategy: &mut S,
-    ) -> JointStates<B> {
-        let s = x.encoder.dims()[1];
-        let m = self.norm1.forward(&x, temb);
-        let site = self.site();
-        let attn = match strategy.before_attention(ctx, &site) {
-            AttentionPlan::Compute => self.attn1.forward(m.states, positions),
-            AttentionPlan::Reuse(out) => out,
-        };
-        strategy.after_attention(ctx, &site, &attn);
-        let hidden = x.hidden + m.gate * attn.hidden;
-        let encoder = x.encoder + m.enc_gate * attn.encoder;
-        let x = JointStates { hidden, encoder };
+    ) -> Result<JointStates<B>> {
+        let (hidden, encoder) = streams(x)?;
+        let s = encoder.dims()[1];
+        let m = self.norm1.forward(&hidden, &encoder, temb);
+        let (mh, me) = streams(m.states)?;
+        let attn = attention_site(strategy, ctx, &self.site(), || self.attn1.forward(mh, me, positions));
+        let (attn_hidden, attn_encoder) = streams(attn)?;
+        let hidden = hidden + m.gate * attn_hidden;
+        let encoder = encoder + m.enc_gate * attn_encoder;
 
-        let m = self.norm2.forward(&x, temb);
-        let l = s + m.states.hidden.dims()[1];
-        let ff = self.ff.forward(Tensor::cat(vec![m.states.encoder, m.states.hidden], 1));
-        JointStates {
-            hidden: x.hidden + m.gate * ff.clone().narrow(1, s, l - s),
-            encoder: x.encoder + m.enc_gate * ff.narrow(1, 0, s),
-        }
+        let m = self.norm2.forward(&hidden, &encoder, temb);
+        let (mh, me) = streams(m.states)?;
+        let l = s + mh.dims()[1];
+        let ff = self.ff.forward(Tensor::cat(vec![me, mh], 1));
+        Ok(JointStates::joint(
+            hidden + m.gate * ff.clone().narrow(1, s, l - s),
+            encoder + m.enc_gate * ff.narrow(1, 0, s),
+        ))
+    }
+}
+
+/// Both streams of a joint-attention state; a strategy that dropped the text stream is an error.
+fn streams<B: Backend>(x: JointStates<B>) -> Result<(Tensor<B, 3>, Tensor<B, 3>)> {
+    match x.encoder {
+        Some(encoder) => Ok((x.hidden, encoder)),
+        None => Err(ModelError::Strategy("CogVideoX blocks need the text stream; the strategy returned none".into())),
     }
 }
 
@@ -338,22 +302,6 @@ pub struct CogVideoXTransformer3DModel<B: Backend> {
     pub config: CogVideoXConfig,
 }
 
-/// One denoiser call's inputs.
-///
-/// # Shapes
-/// - `hidden_states`: `[B, F, C, H, W]` latents
-/// - `encoder_hidden_states`: `[B, S, text_embed_dim]`
-/// - `timestep`: `B` values
-#[derive(Debug, Clone)]
-pub struct ForwardInput<B: Backend> {
-    /// Latents.
-    pub hidden_states: Tensor<B, 5>,
-    /// Prompt embeddings.
-    pub encoder_hidden_states: Tensor<B, 3>,
-    /// One timestep per batch element.
-    pub timestep: Vec<f32>,
-}
-
 impl<B: Backend> CogVideoXTransformer3DModel<B> {
     /// Builds the model from a weight source (a checkpoint, or random weights from a seed), checking every
     /// weight's name and shape; a checkpoint with weights the model does not use is refused.
@@ -363,11 +311,7 @@ impl<B: Backend> CogVideoXTransformer3DModel<B> {
         let cfg = config;
         let d = cfg.inner_dim();
         let patch_embed = CogVideoXPatchEmbed::load(&mut vb.pp("patch_embed"), cfg)?;
-        let mut te = vb.pp("time_embedding");
-        let time_embedding = TimestepEmbedding {
-            linear_1: Linear::load(&mut te, "linear_1", d, cfg.time_embed_dim, true)?,
-            linear_2: Linear::load(&mut te, "linear_2", cfg.time_embed_dim, cfg.time_embed_dim, true)?,
-        };
+        let time_embedding = TimestepEmbedding::load(&mut vb, "time_embedding", d, cfg.time_embed_dim)?;
         let mut blocks_vb = vb.pp("transformer_blocks");
         let transformer_blocks =
             (0..cfg.num_layers).map(|i| CogVideoXBlock::load(&mut blocks_vb, i, cfg)).collect::<Result<Vec<_>>>()?;
@@ -400,7 +344,11 @@ impl<B: Backend> CogVideoXTransformer3DModel<B> {
 
     /// What this model offers to cache engines: its attention sites and its block count.
     pub fn host_info(&self) -> HostInfo {
-        HostInfo { sites: self.transformer_blocks.iter().map(CogVideoXBlock::site).collect(), num_blocks: self.transformer_blocks.len() }
+        HostInfo {
+            sites: self.transformer_blocks.iter().map(CogVideoXBlock::site).collect(),
+            num_blocks: self.transformer_blocks.len(),
+            tensor_format: "BFCHW".into(),
+        }
     }
 
     /// The share of a block's work done by its attention site, for `tokens` tokens (text + video), from
@@ -493,7 +441,7 @@ impl<B: Backend> CogVideoXTransformer3DModel<B> {
             BatchPlan::Full => (input, *ctx),
             BatchPlan::CondOnly => cond_half(input, ctx)?,
         };
-        let out = self.forward_blocks(input, positions, &run_ctx, strategy);
+        let out = self.forward_blocks(input, positions, &run_ctx, strategy)?;
         Ok(strategy.end_forward(ctx, out))
     }
 
@@ -503,7 +451,7 @@ impl<B: Backend> CogVideoXTransformer3DModel<B> {
         positions: &Positions<B>,
         ctx: &CallContext,
         strategy: &mut S,
-    ) -> Tensor<B, 5> {
+    ) -> Result<Tensor<B, 5>> {
         let cfg = &self.config;
         let device = input.hidden_states.device();
         let [b, f, _, h, w] = input.hidden_states.dims();
@@ -521,19 +469,14 @@ impl<B: Backend> CogVideoXTransformer3DModel<B> {
         }
 
         // 3. Transformer blocks, the first one apart so a strategy can skip the rest
-        let mut blocks = self.transformer_blocks.iter();
-        if let Some(head) = blocks.next() {
-            let head_out = head.forward(x.clone(), &temb, positions, ctx, strategy);
-            x = match strategy.after_head_block(ctx, &x, &head_out) {
-                TailPlan::Skip(out) => out,
-                TailPlan::Compute => {
-                    let mut y = head_out.clone();
-                    for block in blocks {
-                        y = block.forward(y, &temb, positions, ctx, strategy);
-                    }
-                    strategy.after_tail_blocks(ctx, &head_out, y)
-                }
-            };
+        if let Some((head, tail)) = self.transformer_blocks.split_first() {
+            x = block_stack(
+                strategy,
+                ctx,
+                x,
+                |s, x| head.forward(x, &temb, positions, ctx, s),
+                |s, x| tail.iter().try_fold(x, |y, block| block.forward(y, &temb, positions, ctx, s)),
+            )?;
         }
 
         // 4. Output: norm_final, norm_out, proj_out
@@ -544,34 +487,9 @@ impl<B: Backend> CogVideoXTransformer3DModel<B> {
         // 5. Unpatchify
         let p = cfg.patch_size;
         let c = cfg.out_channels();
-        hidden
+        Ok(hidden
             .reshape([b * f, h / p, w / p, c, p, p])
             .permute([0, 3, 1, 4, 2, 5])
-            .reshape([b, f, c, h, w])
+            .reshape([b, f, c, h, w]))
     }
-}
-
-/// Cuts a CFG batch to its conditional half, for a strategy that rebuilds the other half.
-fn cond_half<B: Backend>(input: ForwardInput<B>, ctx: &CallContext) -> Result<(ForwardInput<B>, CallContext)> {
-    let Branch::Cfg(order) = ctx.branch else {
-        return Err(ModelError::Shape(format!(
-            "a strategy asked for the conditional half of a `{}` batch",
-            ctx.branch.context_name()
-        )));
-    };
-    let b = ctx.batch_size;
-    if b % 2 != 0 {
-        return Err(ModelError::Shape(format!("a CFG batch must be even, got {b}")));
-    }
-    let half = b / 2;
-    let start = match order {
-        CfgOrder::UncondFirst => half,
-        CfgOrder::CondFirst => 0,
-    };
-    let input = ForwardInput {
-        hidden_states: input.hidden_states.narrow(0, start, half),
-        encoder_hidden_states: input.encoder_hidden_states.narrow(0, start, half),
-        timestep: input.timestep[start..start + half].to_vec(),
-    };
-    Ok((input, CallContext { batch_size: half, cond_only: true, ..*ctx }))
 }

@@ -69,6 +69,45 @@ pub fn sincos_3d(
     out
 }
 
+/// diffusers' `get_2d_sincos_pos_embed` (as `PatchEmbed` calls it) for a `grid_h × grid_w` patch grid, in
+/// token order (row, column); each row is `[emb(column), emb(row)]`. Positions are float32
+/// (`arange / (grid / base_size) / interpolation_scale`), frequencies float64, as in diffusers.
+///
+/// # Shapes
+/// returns `[grid_h * grid_w, dim]`, row-major, as float32.
+pub fn sincos_2d(dim: usize, grid_h: usize, grid_w: usize, base_size: usize, interpolation_scale: f64) -> Vec<f32> {
+    let pos = |i: usize, grid: usize| {
+        let step = (grid as f64 / base_size as f64) as f32;
+        ((i as f32 / step) / interpolation_scale as f32) as f64
+    };
+    let mut out = Vec::with_capacity(grid_h * grid_w * dim);
+    let mut row = Vec::with_capacity(dim);
+    for h in 0..grid_h {
+        for w in 0..grid_w {
+            row.clear();
+            sincos_1d(dim / 2, pos(w, grid_w), &mut row);
+            sincos_1d(dim / 2, pos(h, grid_h), &mut row);
+            out.extend(row.iter().map(|&v| v as f32));
+        }
+    }
+    out
+}
+
+/// `get_1d_sincos_pos_embed_from_grid(dim, arange(n))`: one row per integer position.
+///
+/// # Shapes
+/// returns `[n, dim]`, row-major, as float32.
+pub fn sincos_1d_table(dim: usize, n: usize) -> Vec<f32> {
+    let mut row = Vec::with_capacity(dim);
+    let mut out = Vec::with_capacity(n * dim);
+    for i in 0..n {
+        row.clear();
+        sincos_1d(dim, i as f64, &mut row);
+        out.extend(row.iter().map(|&v| v as f32));
+    }
+    out
+}
+
 /// `torch.linspace(start, end, steps)` in float32, including its symmetric evaluation from both ends.
 fn linspace_f32(start: f64, end: f64, steps: usize) -> Vec<f32> {
     let (start, end) = (start as f32, end as f32);

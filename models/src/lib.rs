@@ -2,20 +2,32 @@
 //!
 //! diffusers-exact diffusion transformers on burn, with hook points for the cache engines of
 //! [`cache_core`]: the CogVideoX transformer ([`CogVideoXTransformer3DModel`]), its DDIM scheduler
-//! ([`CogVideoXDDIMScheduler`]) and the `CogVideoXPipeline` denoising loop ([`pipeline`]).
+//! ([`CogVideoXDDIMScheduler`]) and the `CogVideoXPipeline` denoising loop ([`pipeline`]); the Latte
+//! transformer ([`LatteTransformer3DModel`], spatial, temporal and cross attention) with `DDIMScheduler` and
+//! the `LattePipeline` loop ([`LattePipeline`]).
 
 pub mod cogvideox;
 pub mod config;
 pub mod embeddings;
 pub mod error;
+pub mod input;
+pub mod latte;
+pub mod latte_config;
+pub mod latte_pipeline;
 pub mod nn;
 pub mod pipeline;
 pub mod scheduler;
+pub mod scheduler_ddim;
 pub mod weights;
 
-pub use cogvideox::{CogVideoXTransformer3DModel, ForwardInput, Positions};
+pub use cogvideox::{CogVideoXTransformer3DModel, Positions};
+pub use input::ForwardInput;
 pub use config::CogVideoXConfig;
 pub use error::{ModelError, Result};
 pub use pipeline::{denoise, DenoiseInput, DenoiseOptions};
+pub use latte::{LattePositions, LatteTransformer3DModel};
+pub use latte_config::LatteConfig;
+pub use latte_pipeline::LattePipeline;
+pub use scheduler_ddim::{DDIMScheduler, DDIMSchedulerConfig};
 pub use scheduler::{CogVideoXDDIMScheduler, CogVideoXDDIMSchedulerConfig};
 pub use weights::{HostTensor, WeightSource};

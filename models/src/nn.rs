@@ -1,6 +1,7 @@
 //! The small layers diffusers' models are built from, loaded under PyTorch's parameter names.
 
 use burn::module::{Module, Param};
+use burn::tensor::activation::silu;
 use burn::tensor::{backend::Backend, Tensor};
 
 use crate::error::Result;
@@ -100,4 +101,57 @@ pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     let cube = x.clone() * x.clone() * x.clone();
     let minus_2u = (cube * 0.044715 + x.clone()) * (-TWO_SQRT_2_OVER_PI);
     x / (minus_2u.exp() + 1.0)
+}
+
+/// `TimestepEmbedding`: `linear_2(silu(linear_1(x)))`.
+#[derive(Module, Debug)]
+pub struct TimestepEmbedding<B: Backend> {
+    /// `time_embedding.linear_1`.
+    pub linear_1: Linear<B>,
+    /// `time_embedding.linear_2`.
+    pub linear_2: Linear<B>,
+}
+
+impl<B: Backend> TimestepEmbedding<B> {
+    /// Loads `{name}.linear_1` (`d_in → d_out`) and `{name}.linear_2` (`d_out → d_out`).
+    pub fn load(vb: &mut VarBuilder<'_, B>, name: &str, d_in: usize, d_out: usize) -> Result<Self> {
+        let mut vb = vb.pp(name);
+        Ok(Self {
+            linear_1: Linear::load(&mut vb, "linear_1", d_in, d_out, true)?,
+            linear_2: Linear::load(&mut vb, "linear_2", d_out, d_out, true)?,
+        })
+    }
+
+    /// # Shapes
+    /// `[B, in]` → `[B, time_embed_dim]`
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.linear_2.forward(silu(self.linear_1.forward(x)))
+    }
+}
+
+/// `FeedForward` with `GELU(approximate="tanh")`: `net.2(gelu(net.0.proj(x)))`.
+#[derive(Module, Debug)]
+pub struct FeedForward<B: Backend> {
+    /// `net.0.proj`.
+    pub net_0_proj: Linear<B>,
+    /// `net.2`.
+    pub net_2: Linear<B>,
+}
+
+impl<B: Backend> FeedForward<B> {
+    /// Loads `ff.net.0.proj` (`dim → 4·dim`) and `ff.net.2`.
+    pub fn load(vb: &mut VarBuilder<'_, B>, dim: usize) -> Result<Self> {
+        let mut vb = vb.pp("ff");
+        let inner = 4 * dim;
+        Ok(Self {
+            net_0_proj: Linear::load(&mut vb, "net.0.proj", dim, inner, true)?,
+            net_2: Linear::load(&mut vb, "net.2", inner, dim, true)?,
+        })
+    }
+
+    /// # Shapes
+    /// `[B, L, D]` → `[B, L, D]`
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.net_2.forward(gelu_tanh(self.net_0_proj.forward(x)))
+    }
 }

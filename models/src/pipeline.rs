@@ -6,15 +6,17 @@ use burn::tensor::{backend::Backend, Tensor};
 use cache_core::{Branch, CacheStrategy, CallContext, CfgOrder, StepContext};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::cogvideox::{CogVideoXTransformer3DModel, ForwardInput};
+use crate::cogvideox::CogVideoXTransformer3DModel;
+use crate::input::ForwardInput;
 use crate::error::{ModelError, Result};
 use crate::scheduler::CogVideoXDDIMScheduler;
 
 /// What one generation starts from.
 ///
 /// # Shapes
-/// - `latents`: `[1, F, C, H, W]`, already multiplied by the scheduler's `init_noise_sigma`
-/// - `prompt_embeds`, `negative_prompt_embeds`: `[1, S, text_embed_dim]`
+/// - `latents`: `[1, F, C, H, W]` for CogVideoX, `[1, C, F, H, W]` for Latte, already multiplied by the
+///   scheduler's `init_noise_sigma`
+/// - `prompt_embeds`, `negative_prompt_embeds`: `[1, S, text_embed_dim]` (Latte: `caption_channels`)
 #[derive(Debug, Clone)]
 pub struct DenoiseInput<B: Backend> {
     /// Initial noisy latents.
@@ -38,6 +40,79 @@ pub struct DenoiseOptions<'a, B: Backend> {
     pub on_step: Option<&'a mut dyn FnMut(usize, i64, &Tensor<B, 5>)>,
 }
 
+/// Classifier-free guidance as diffusers' pipelines batch it: `[uncond, cond]` when `guidance_scale > 1`.
+pub(crate) struct Guidance<B: Backend> {
+    /// The prompt batch, `[negative, prompt]` under guidance.
+    pub encoder: Tensor<B, 3>,
+    /// 2 under guidance, else 1.
+    pub batch: usize,
+    /// What the batch holds.
+    pub branch: Branch,
+    scale: Option<f32>,
+}
+
+impl<B: Backend> Guidance<B> {
+    /// Checks the prompts of `input` and batches them.
+    pub fn new(input: &DenoiseInput<B>) -> Result<Self> {
+        let b = input.latents.dims()[0];
+        if b != 1 {
+            return Err(ModelError::Shape(format!("denoise takes one sample (batch 1), got {b}")));
+        }
+        if input.guidance_scale <= 1.0 {
+            let encoder = input.prompt_embeds.clone();
+            return Ok(Self { encoder, batch: 1, branch: Branch::Unguided, scale: None });
+        }
+        let neg = input
+            .negative_prompt_embeds
+            .clone()
+            .ok_or_else(|| ModelError::Shape("guidance_scale > 1 needs negative_prompt_embeds".into()))?;
+        if neg.dims() != input.prompt_embeds.dims() {
+            return Err(ModelError::Shape(format!(
+                "negative_prompt_embeds {:?} and prompt_embeds {:?} differ in shape",
+                neg.dims(),
+                input.prompt_embeds.dims()
+            )));
+        }
+        let encoder = Tensor::cat(vec![neg, input.prompt_embeds.clone()], 0);
+        let scale = Some(input.guidance_scale as f32);
+        Ok(Self { encoder, batch: 2, branch: Branch::Cfg(CfgOrder::UncondFirst), scale })
+    }
+
+    /// The model input for `latents`: two copies under guidance.
+    pub fn batch_latents(&self, latents: &Tensor<B, 5>) -> Tensor<B, 5> {
+        if self.batch == 2 {
+            Tensor::cat(vec![latents.clone(), latents.clone()], 0)
+        } else {
+            latents.clone()
+        }
+    }
+
+    /// `uncond + scale · (cond − uncond)` under guidance, else the output itself.
+    pub fn combine(&self, noise_pred: Tensor<B, 5>) -> Tensor<B, 5> {
+        match self.scale {
+            Some(scale) => {
+                let [uncond, text]: [Tensor<B, 5>; 2] = noise_pred.chunk(2, 0).try_into().expect("two halves");
+                uncond.clone() + (text - uncond) * scale
+            }
+            None => noise_pred,
+        }
+    }
+}
+
+/// A progress bar of `steps` denoising steps on stderr, or a hidden one.
+pub(crate) fn progress_bar(show: bool, steps: usize) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}]")
+            .expect("valid template"),
+    );
+    bar.set_prefix("denoise");
+    bar
+}
+
 /// Runs one generation: resets `strategy`, then denoises for `input.num_inference_steps` steps.
 /// Returns the final latents `[1, F, C, H, W]`.
 pub fn denoise<B: Backend, S: CacheStrategy<B> + ?Sized>(
@@ -47,63 +122,24 @@ pub fn denoise<B: Backend, S: CacheStrategy<B> + ?Sized>(
     strategy: &mut S,
     mut options: DenoiseOptions<'_, B>,
 ) -> Result<Tensor<B, 5>> {
-    let [b, f, _, h, w] = input.latents.dims();
-    if b != 1 {
-        return Err(ModelError::Shape(format!("denoise takes one sample (batch 1), got {b}")));
-    }
-    let cfg = input.guidance_scale > 1.0;
-    let encoder = if cfg {
-        let neg = input.negative_prompt_embeds.clone().ok_or_else(|| {
-            ModelError::Shape("guidance_scale > 1 needs negative_prompt_embeds".into())
-        })?;
-        if neg.dims() != input.prompt_embeds.dims() {
-            return Err(ModelError::Shape(format!(
-                "negative_prompt_embeds {:?} and prompt_embeds {:?} differ in shape",
-                neg.dims(),
-                input.prompt_embeds.dims()
-            )));
-        }
-        Tensor::cat(vec![neg, input.prompt_embeds.clone()], 0)
-    } else {
-        input.prompt_embeds.clone()
-    };
-    let batch = if cfg { 2 } else { 1 };
-    let branch = if cfg { Branch::Cfg(CfgOrder::UncondFirst) } else { Branch::Unguided };
+    let guidance = Guidance::new(&input)?;
+    let [_, f, _, h, w] = input.latents.dims();
     let timesteps = scheduler.set_timesteps(input.num_inference_steps)?.to_vec();
-    let device = input.latents.device();
-    let positions = model.positions(f, h, w, &device)?;
+    let positions = model.positions(f, h, w, &input.latents.device())?;
     strategy.reset();
-
-    let bar = if options.progress {
-        let bar = ProgressBar::new(timesteps.len() as u64);
-        bar.set_style(
-            ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}]")
-                .expect("valid template"),
-        );
-        bar.set_prefix("denoise");
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = progress_bar(options.progress, timesteps.len());
 
     let mut latents = input.latents;
     for (i, &t) in timesteps.iter().enumerate() {
-        let model_input = if cfg { Tensor::cat(vec![latents.clone(), latents.clone()], 0) } else { latents.clone() };
-        let model_input = scheduler.scale_model_input(model_input, t);
+        let model_input = scheduler.scale_model_input(guidance.batch_latents(&latents), t);
         let step = StepContext { step: i, num_steps: timesteps.len(), timestep: t as f64 };
-        let ctx = CallContext::new(step, branch, batch);
+        let ctx = CallContext::new(step, guidance.branch, guidance.batch);
         let call = ForwardInput {
             hidden_states: model_input,
-            encoder_hidden_states: encoder.clone(),
-            timestep: vec![t as f32; batch],
+            encoder_hidden_states: guidance.encoder.clone(),
+            timestep: vec![t as f32; guidance.batch],
         };
-        let noise_pred = model.forward(call, &positions, &ctx, strategy)?;
-        let noise_pred = if cfg {
-            let [uncond, text]: [Tensor<B, 5>; 2] = noise_pred.chunk(2, 0).try_into().expect("two halves");
-            uncond.clone() + (text - uncond) * (input.guidance_scale as f32)
-        } else {
-            noise_pred
-        };
+        let noise_pred = guidance.combine(model.forward(call, &positions, &ctx, strategy)?);
         if let Some(cb) = options.on_step.as_mut() {
             cb(i, t, &noise_pred);
         }

@@ -228,14 +228,9 @@ impl CogVideoXDDIMScheduler {
         sample
     }
 
-    /// One DDIM step (eta 0) from `t` to `t - num_train_timesteps / num_inference_steps`, as diffusers
-    /// computes it (not to the next scheduled timestep).
-    pub fn step<B: Backend, const D: usize>(
-        &self,
-        model_output: Tensor<B, D>,
-        t: i64,
-        sample: Tensor<B, D>,
-    ) -> Result<Tensor<B, D>> {
+    /// `(alphas_cumprod[t], alphas_cumprod[prev])` of a step from `t` to `t - num_train_timesteps / steps`
+    /// (the final alpha when `prev < 0`).
+    pub(crate) fn alpha_pair(&self, t: i64) -> Result<(f64, f64)> {
         let steps = self.timesteps.len();
         if steps == 0 {
             return Err(ModelError::InvalidConfig("set_timesteps must be called before step".into()));
@@ -247,6 +242,18 @@ impl CogVideoXDDIMScheduler {
         let prev = t - n / steps as i64;
         let a_t = self.alphas_cumprod[t as usize];
         let a_prev = if prev >= 0 { self.alphas_cumprod[prev as usize] } else { self.final_alpha_cumprod };
+        Ok((a_t, a_prev))
+    }
+
+    /// One DDIM step (eta 0) from `t` to `t - num_train_timesteps / num_inference_steps`, as diffusers
+    /// computes it (not to the next scheduled timestep).
+    pub fn step<B: Backend, const D: usize>(
+        &self,
+        model_output: Tensor<B, D>,
+        t: i64,
+        sample: Tensor<B, D>,
+    ) -> Result<Tensor<B, D>> {
+        let (a_t, a_prev) = self.alpha_pair(t)?;
         let beta_t = 1.0 - a_t;
         let x0 = match self.prediction {
             Prediction::Epsilon => {

@@ -46,6 +46,8 @@ pub enum Init {
     Ones,
     /// All zeros (LayerNorm bias).
     Zeros,
+    /// Normal with this standard deviation (diffusers' `torch.randn(...) / dim**0.5` tables).
+    Normal(f64),
 }
 
 /// Reads the safetensors files of a checkpoint lazily by name; each header is parsed once.
@@ -244,6 +246,7 @@ fn random_tensor(seed: u64, name: &str, shape: &[usize], init: Init) -> HostTens
             let mut rng = SplitMix64(seed ^ name_hash(name));
             (0..n).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect()
         }
+        Init::Normal(std) => randn(seed ^ name_hash(name), shape).data.iter().map(|v| v * std as f32).collect(),
     };
     HostTensor { shape: shape.to_vec(), data }
 }

@@ -1,4 +1,4 @@
-//! `ditcache`: parity with diffusers, timing, and (later) the speed/quality bench of the cache engines.
+//! `ditcache`: parity with diffusers, the speed/quality bench of the cache engines, tuning, samples.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,7 +13,8 @@ use benches::bench::{add_comparison, svg_plot, table, BenchOptions};
 use benches::strategies::label;
 use cache_core::CacheConfig;
 use models::weights::save_safetensors;
-use models::{CogVideoXConfig, CogVideoXTransformer3DModel, ForwardInput, HostTensor, WeightSource};
+use benches::video_model::VideoModel;
+use models::{CogVideoXConfig, CogVideoXTransformer3DModel, ForwardInput, HostTensor, LatteConfig, WeightSource};
 
 #[derive(Parser)]
 #[command(name = "ditcache", about = "Training-free caching of diffusion transformers on burn", version)]
@@ -53,7 +54,7 @@ enum Command {
     Tune(TuneArgs),
     /// Writes a preset model with random weights as a diffusers model directory (config.json + safetensors).
     ExportModel {
-        /// `s`, `2b` or `5b`.
+        /// `s`, `2b`, `5b` (CogVideoX), `latte` (the Latte bench model) or `latte-1`.
         #[arg(long, default_value = "s")]
         preset: String,
         /// Weight seed.
@@ -69,7 +70,8 @@ enum Command {
 #[derive(clap::Args)]
 struct RunArgs {
     /// `shapes` (the trained model in assets/shapes), `s` (benchmark model S, random weights), `2b`, `5b`,
-    /// or a diffusers model or pipeline directory.
+    /// `latte` (the Latte bench model, random weights), `latte-1`, or a diffusers model or pipeline directory
+    /// (CogVideoX or Latte, told apart by `config.json`'s `_class_name`).
     #[arg(long, default_value = "shapes")]
     model: String,
     /// The prompt, for models with attribute embeddings (the trained model).
@@ -91,7 +93,7 @@ struct RunArgs {
 
 impl RunArgs {
     /// The model, and the options of a run on it.
-    fn load(&self, repeats: usize) -> Result<(CogVideoXTransformer3DModel<Backend>, WeightSource, BenchOptions), String> {
+    fn load(&self, repeats: usize) -> Result<(VideoModel<Backend>, WeightSource, BenchOptions), String> {
         let device = backend::device();
         let (model, weights) = load_model(&self.model, self.seed, &device)?;
         let prompt = prompt_embeds(&self.model, &model, &self.prompt)?;
@@ -150,8 +152,8 @@ fn tune(a: TuneArgs) -> Result<ExitCode, String> {
         _ => return Err("give one quality target: --min-psnr DB or --max-rel-l2 X".into()),
     };
     let device = backend::device();
-    let (model, _, opts) = a.run.load(1)?;
-    let (candidates, base) = benches::tune::tune(&model, &opts, target, a.confirm, &device)?;
+    let (mut model, _, opts) = a.run.load(1)?;
+    let (candidates, base) = benches::tune::tune(&mut model, &opts, target, a.confirm, &device)?;
     println!("baseline {base:.2} s; target {target:?}\n");
     println!("| configuration | time (s) | speedup | ideal | PSNR (dB) | rel_l2 | meets target |\n|---|---:|---:|---:|---:|---:|:-:|");
     for c in &candidates {
@@ -202,8 +204,9 @@ fn model_dir(name: &str) -> Option<PathBuf> {
 }
 
 /// Prompt embeddings for `prompt` when the model directory has an attribute table.
-fn prompt_embeds(name: &str, model: &CogVideoXTransformer3DModel<Backend>, prompt: &str) -> Result<Option<(HostTensor, HostTensor)>, String> {
+fn prompt_embeds(name: &str, model: &VideoModel<Backend>, prompt: &str) -> Result<Option<(HostTensor, HostTensor)>, String> {
     let Some(dir) = model_dir(name) else { return Ok(None) };
+    let VideoModel::CogVideoX { model, .. } = model else { return Ok(None) };
     if !dir.join("attribute_embeddings.safetensors").exists() {
         return Ok(None);
     }
@@ -211,25 +214,30 @@ fn prompt_embeds(name: &str, model: &CogVideoXTransformer3DModel<Backend>, promp
     Ok(Some((p.embed(prompt)?, p.negative())))
 }
 
-fn load_model(name: &str, seed: u64, device: &burn::tensor::Device<Backend>) -> Result<(CogVideoXTransformer3DModel<Backend>, WeightSource), String> {
+fn load_model(name: &str, seed: u64, device: &burn::tensor::Device<Backend>) -> Result<(VideoModel<Backend>, WeightSource), String> {
     if let Some(dir) = model_dir(name) {
-        let t = if dir.join("transformer").exists() { dir.join("transformer") } else { dir };
-        let m = CogVideoXTransformer3DModel::<Backend>::from_pretrained(&t, device).map_err(|e| format!("{}: {e}", t.display()))?;
-        return Ok((m, WeightSource::from_tensors(Default::default())));
+        return Ok((VideoModel::from_dir(&dir, device)?, WeightSource::from_tensors(Default::default())));
     }
     if name == "shapes" {
         return Err(format!("the trained model is missing at {}", benches::shapes::shapes_dir().display()));
     }
-    let cfg = preset(name)?;
     let mut weights = WeightSource::random(seed);
-    let m = CogVideoXTransformer3DModel::<Backend>::load(&cfg, &mut weights, device).map_err(|e| e.to_string())?;
-    Ok((m, weights))
+    let model = match preset(name)? {
+        Preset::CogVideoX(cfg) => VideoModel::cogvideox(&cfg, &mut weights, device)?,
+        Preset::Latte(cfg) => VideoModel::latte(&cfg, &mut weights, device)?,
+    };
+    Ok((model, weights))
 }
 
-fn write_model_dir(cfg: &CogVideoXConfig, weights: &WeightSource, out: &std::path::Path) -> Result<(), String> {
+/// Writes a model with drawn weights as a diffusers model directory.
+fn write_model_dir(model: &VideoModel<Backend>, weights: &WeightSource, out: &std::path::Path) -> Result<(), String> {
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let mut json = serde_json::to_value(cfg).expect("serialisable");
-    json["_class_name"] = "CogVideoXTransformer3DModel".into();
+    let mut json = match model {
+        VideoModel::CogVideoX { model, .. } => serde_json::to_value(&model.config),
+        VideoModel::Latte(p) => serde_json::to_value(&p.transformer.config),
+    }
+    .expect("serialisable");
+    json["_class_name"] = model.class_name().into();
     std::fs::write(out.join("config.json"), serde_json::to_string_pretty(&json).expect("json")).map_err(|e| e.to_string())?;
     let drawn = weights.drawn().ok_or("only preset models with random weights can be exported")?;
     save_safetensors(&out.join("diffusion_pytorch_model.safetensors"), drawn).map_err(|e| e.to_string())
@@ -240,7 +248,7 @@ fn bench(a: BenchArgs) -> Result<ExitCode, String> {
     if a.repeats == 0 {
         return Err("--repeats must be at least 1".into());
     }
-    let (model, weights, opts) = a.run.load(a.repeats)?;
+    let (mut model, weights, opts) = a.run.load(a.repeats)?;
     let strategies = if a.strategies.is_empty() {
         benches::bench::default_strategies(&model.host_info())
     } else {
@@ -254,14 +262,17 @@ fn bench(a: BenchArgs) -> Result<ExitCode, String> {
             .collect::<Result<Vec<_>, String>>()?
     };
     if let Some(dir) = &a.export {
+        if !matches!(model, VideoModel::CogVideoX { .. }) {
+            return Err("--export needs a CogVideoX model (tools/reference/peer_timing.py runs CogVideoXPipeline)".into());
+        }
         match model_dir(&a.run.model) {
             Some(src) => {
                 let t = if src.join("transformer").exists() { src.join("transformer") } else { src };
                 copy_dir(&t, &dir.join("transformer"))?;
             }
-            None => write_model_dir(&model.config, &weights, &dir.join("transformer"))?,
+            None => write_model_dir(&model, &weights, &dir.join("transformer"))?,
         }
-        let input = benches::bench::bench_inputs(&model, &opts, &device);
+        let input = model.bench_inputs(&opts, &device);
         let mut t = std::collections::BTreeMap::new();
         t.insert("latents".to_string(), HostTensor::from_tensor(input.latents));
         t.insert("prompt_embeds".to_string(), HostTensor::from_tensor(input.prompt_embeds));
@@ -274,7 +285,7 @@ fn bench(a: BenchArgs) -> Result<ExitCode, String> {
         std::fs::write(dir.join("bench.json"), serde_json::to_string_pretty(&spec).expect("json")).map_err(|e| e.to_string())?;
         eprintln!("wrote {}", dir.display());
     }
-    let mut report = benches::bench::run(&model, &a.run.model, &strategies, &opts, &device)?;
+    let mut report = benches::bench::run(&mut model, &a.run.model, &strategies, &opts, &device)?;
     if let Some(p) = &a.compare {
         let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
         let peer: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?;
@@ -316,16 +327,20 @@ struct SampleArgs {
 
 fn sample(a: SampleArgs) -> Result<ExitCode, String> {
     let device = backend::device();
-    let (model, _, opts) = a.run.load(1)?;
+    let (mut model, _, opts) = a.run.load(1)?;
     let config = match a.strategy.parse::<cache_core::Preset>() {
         Ok(p) => CacheConfig::preset(p, &model.host_info()),
         Err(_) => CacheConfig::from_file(std::path::Path::new(&a.strategy)).map_err(|e| e.to_string())?,
     };
-    let input = benches::bench::bench_inputs(&model, &opts, &device);
-    let scheduler = models::CogVideoXDDIMScheduler::new(models::CogVideoXDDIMSchedulerConfig::cogvideox()).map_err(|e| e.to_string())?;
-    let (plain, _, _, t0) = benches::bench::generate(&model, &scheduler, &input, None)?;
-    let (cached, stats, _, t1) = benches::bench::generate(&model, &scheduler, &input, Some(&config))?;
-    let [_, f, c, h, w]: [usize; 5] = input.latents.dims();
+    let input = model.bench_inputs(&opts, &device);
+    let (mut plain, _, _, t0) = benches::bench::generate(&mut model, &input, None)?;
+    let (mut cached, stats, _, t1) = benches::bench::generate(&mut model, &input, Some(&config))?;
+    let [_, mut f, mut c, h, w]: [usize; 5] = input.latents.dims();
+    if let VideoModel::Latte(_) = model {
+        // Latte latents are [C, F, H, W]; the strip reads [F, C, H, W].
+        (plain, cached) = (swap_leading(&plain, c, f, h * w), swap_leading(&cached, c, f, h * w));
+        (f, c) = (c, f);
+    }
     let (width, height, rgb) = benches::png::strip(&[&plain, &cached], f, c, h, w, a.scale.max(1));
     std::fs::write(&a.out, benches::png::encode_rgb(width, height, &rgb)).map_err(|e| format!("{}: {e}", a.out.display()))?;
     println!(
@@ -337,12 +352,31 @@ fn sample(a: SampleArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn preset(name: &str) -> Result<CogVideoXConfig, String> {
+/// `[a, b, n]` → `[b, a, n]`, row-major.
+fn swap_leading(data: &[f32], a: usize, b: usize, n: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(data.len());
+    for j in 0..b {
+        for i in 0..a {
+            out.extend_from_slice(&data[(i * b + j) * n..(i * b + j + 1) * n]);
+        }
+    }
+    out
+}
+
+/// A preset model configuration.
+enum Preset {
+    CogVideoX(CogVideoXConfig),
+    Latte(LatteConfig),
+}
+
+fn preset(name: &str) -> Result<Preset, String> {
     match name {
-        "s" | "S" => Ok(CogVideoXConfig::bench_s()),
-        "2b" => Ok(CogVideoXConfig::cogvideox_2b()),
-        "5b" => Ok(CogVideoXConfig::cogvideox_5b()),
-        other => Err(format!("unknown preset {other:?} (s, 2b, 5b)")),
+        "s" | "S" => Ok(Preset::CogVideoX(CogVideoXConfig::bench_s())),
+        "2b" => Ok(Preset::CogVideoX(CogVideoXConfig::cogvideox_2b())),
+        "5b" => Ok(Preset::CogVideoX(CogVideoXConfig::cogvideox_5b())),
+        "latte" => Ok(Preset::Latte(LatteConfig::bench_latte())),
+        "latte-1" => Ok(Preset::Latte(LatteConfig::latte_1())),
+        other => Err(format!("unknown preset {other:?} (s, 2b, 5b, latte, latte-1)")),
     }
 }
 
@@ -379,7 +413,7 @@ fn parity(args: &[PathBuf]) -> Result<ExitCode, String> {
 }
 
 fn forward(p: &str, batch: usize, repeats: usize, seed: u64) -> Result<ExitCode, String> {
-    let cfg = preset(p)?;
+    let Preset::CogVideoX(cfg) = preset(p)? else { return Err("forward times the CogVideoX presets (s, 2b, 5b)".into()) };
     let device = backend::device();
     let model = CogVideoXTransformer3DModel::<Backend>::load(&cfg, &mut WeightSource::random(seed), &device)
         .map_err(|e| e.to_string())?;
@@ -420,7 +454,7 @@ fn forward(p: &str, batch: usize, repeats: usize, seed: u64) -> Result<ExitCode,
 fn export(p: &str, seed: u64, out: &std::path::Path) -> Result<ExitCode, String> {
     let device = backend::device();
     let (model, weights) = load_model(p, seed, &device)?;
-    write_model_dir(&model.config, &weights, out)?;
+    write_model_dir(&model, &weights, out)?;
     println!("wrote {}", out.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,44 @@
+//! The two calls a model's forward makes to host a strategy inside its blocks, so that a model adds two
+//! lines per hook point instead of re-deriving the protocol (and every model calls it the same way).
+
+use burn::tensor::backend::Backend;
+
+use crate::context::{AttentionSite, CallContext};
+use crate::strategy::{AttentionPlan, CacheStrategy, JointStates, TailPlan};
+
+/// One attention site: asks the strategy whether to compute, runs `compute` if so, and reports the output.
+///
+/// `compute` returns the site's output in the batch-first view of [`JointStates`].
+pub fn attention_site<B: Backend, S: CacheStrategy<B> + ?Sized>(
+    strategy: &mut S,
+    ctx: &CallContext,
+    site: &AttentionSite,
+    compute: impl FnOnce() -> JointStates<B>,
+) -> JointStates<B> {
+    let out = match strategy.before_attention(ctx, site) {
+        AttentionPlan::Compute => compute(),
+        AttentionPlan::Reuse(out) => out,
+    };
+    strategy.after_attention(ctx, site, &out);
+    out
+}
+
+/// A block stack: runs `head` (the first block), lets the strategy skip the rest, otherwise runs `tail`
+/// (the remaining blocks) and reports its output. Both closures get the strategy back, for the attention
+/// sites inside the blocks.
+pub fn block_stack<B: Backend, S: CacheStrategy<B> + ?Sized, E>(
+    strategy: &mut S,
+    ctx: &CallContext,
+    input: JointStates<B>,
+    head: impl FnOnce(&mut S, JointStates<B>) -> Result<JointStates<B>, E>,
+    tail: impl FnOnce(&mut S, JointStates<B>) -> Result<JointStates<B>, E>,
+) -> Result<JointStates<B>, E> {
+    let head_out = head(strategy, input.clone())?;
+    match strategy.after_head_block(ctx, &input, &head_out) {
+        TailPlan::Skip(out) => Ok(out),
+        TailPlan::Compute => {
+            let out = tail(strategy, head_out.clone())?;
+            Ok(strategy.after_tail_blocks(ctx, &head_out, out))
+        }
+    }
+}

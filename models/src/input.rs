@@ -1,0 +1,48 @@
+//! What one denoiser call takes, shared by the models.
+
+use burn::tensor::{backend::Backend, Tensor};
+use cache_core::{Branch, CallContext, CfgOrder};
+
+use crate::error::{ModelError, Result};
+
+/// One denoiser call's inputs.
+///
+/// # Shapes
+/// - `hidden_states`: `[B, F, C, H, W]` latents for CogVideoX, `[B, C, F, H, W]` for Latte (each model
+///   takes diffusers' layout)
+/// - `encoder_hidden_states`: `[B, S, text_embed_dim]`
+/// - `timestep`: `B` values
+#[derive(Debug, Clone)]
+pub struct ForwardInput<B: Backend> {
+    /// Latents.
+    pub hidden_states: Tensor<B, 5>,
+    /// Prompt embeddings.
+    pub encoder_hidden_states: Tensor<B, 3>,
+    /// One timestep per batch element.
+    pub timestep: Vec<f32>,
+}
+
+/// Cuts a CFG batch to its conditional half, for a strategy that rebuilds the other half.
+pub(crate) fn cond_half<B: Backend>(input: ForwardInput<B>, ctx: &CallContext) -> Result<(ForwardInput<B>, CallContext)> {
+    let Branch::Cfg(order) = ctx.branch else {
+        return Err(ModelError::Shape(format!(
+            "a strategy asked for the conditional half of a `{}` batch",
+            ctx.branch.context_name()
+        )));
+    };
+    let b = ctx.batch_size;
+    if b % 2 != 0 {
+        return Err(ModelError::Shape(format!("a CFG batch must be even, got {b}")));
+    }
+    let half = b / 2;
+    let start = match order {
+        CfgOrder::UncondFirst => half,
+        CfgOrder::CondFirst => 0,
+    };
+    let input = ForwardInput {
+        hidden_states: input.hidden_states.narrow(0, start, half),
+        encoder_hidden_states: input.encoder_hidden_states.narrow(0, start, half),
+        timestep: input.timestep[start..start + half].to_vec(),
+    };
+    Ok((input, CallContext { batch_size: half, cond_only: true, ..*ctx }))
+}

@@ -1,0 +1,95 @@
+//! The denoising loop of diffusers' `LattePipeline` with `output_type="latent"`
+//! (<https://github.com/huggingface/diffusers/blob/v0.42.1/src/diffusers/pipelines/latte/pipeline_latte.py>):
+//! classifier-free guidance batched as `[uncond, cond]`, the transformer, guidance on all output channels,
+//! then the first half of the channels (the learned variance is dropped, as diffusers does for a scheduler
+//! without a learned `variance_type`), then the scheduler step.
+//!
+//! Schedulers: `DDIMScheduler` (Latte-1's). A pipeline directory naming another scheduler class is refused.
+
+use std::path::Path;
+
+use burn::tensor::{backend::Backend, Tensor};
+use cache_core::{CacheStrategy, CallContext, StepContext};
+
+use crate::error::{ModelError, Result};
+use crate::input::ForwardInput;
+use crate::latte::LatteTransformer3DModel;
+use crate::pipeline::{progress_bar, DenoiseInput, DenoiseOptions, Guidance};
+use crate::scheduler_ddim::{DDIMScheduler, DDIMSchedulerConfig};
+
+/// The scheduler classes [`LattePipeline`] runs.
+pub const SUPPORTED_SCHEDULERS: &[&str] = &["DDIMScheduler"];
+
+/// A Latte transformer and its scheduler.
+#[derive(Debug)]
+pub struct LattePipeline<B: Backend> {
+    /// `transformer`.
+    pub transformer: LatteTransformer3DModel<B>,
+    /// `scheduler`.
+    pub scheduler: DDIMScheduler,
+}
+
+impl<B: Backend> LattePipeline<B> {
+    /// Loads `transformer/` and `scheduler/scheduler_config.json` from a diffusers pipeline directory (the
+    /// text encoder and VAE are not needed: prompts come in as embeddings and latents go out).
+    pub fn from_pretrained(dir: &Path, device: &B::Device) -> Result<Self> {
+        let transformer = LatteTransformer3DModel::from_pretrained(&dir.join("transformer"), device)?;
+        let path = dir.join("scheduler").join("scheduler_config.json");
+        let config = DDIMSchedulerConfig::from_json_file(&path)?;
+        let class = config.extra.get("_class_name").and_then(|v| v.as_str()).unwrap_or("DDIMScheduler");
+        if !SUPPORTED_SCHEDULERS.contains(&class) {
+            return Err(ModelError::Unsupported(format!(
+                "{}: scheduler {class} (LattePipeline supports {})",
+                path.display(),
+                SUPPORTED_SCHEDULERS.join(", ")
+            )));
+        }
+        Ok(Self { transformer, scheduler: DDIMScheduler::new(config)? })
+    }
+
+    /// Runs one generation: resets `strategy`, then denoises for `input.num_inference_steps` steps.
+    ///
+    /// # Shapes
+    /// `input.latents`: `[1, C, F, H, W]` → the final latents, the same shape
+    pub fn denoise<S: CacheStrategy<B> + ?Sized>(
+        &mut self,
+        input: DenoiseInput<B>,
+        strategy: &mut S,
+        mut options: DenoiseOptions<'_, B>,
+    ) -> Result<Tensor<B, 5>> {
+        let model = &self.transformer;
+        let guidance = Guidance::new(&input)?;
+        let [_, c, f, h, w] = input.latents.dims();
+        let out_c = model.config.out_channels();
+        if out_c != 2 * c {
+            return Err(ModelError::Shape(format!(
+                "LattePipeline keeps the first half of the model's {out_c} output channels (diffusers' \
+                 `noise_pred.chunk(2, dim=1)[0]`), which must equal the latents' {c} channels"
+            )));
+        }
+        let timesteps = self.scheduler.set_timesteps(input.num_inference_steps)?.to_vec();
+        let positions = model.positions(f, h, w, &input.latents.device())?;
+        strategy.reset();
+        let bar = progress_bar(options.progress, timesteps.len());
+
+        let mut latents = input.latents;
+        for (i, &t) in timesteps.iter().enumerate() {
+            let model_input = self.scheduler.scale_model_input(guidance.batch_latents(&latents), t);
+            let step = StepContext { step: i, num_steps: timesteps.len(), timestep: t as f64 };
+            let ctx = CallContext::new(step, guidance.branch, guidance.batch);
+            let call = ForwardInput {
+                hidden_states: model_input,
+                encoder_hidden_states: guidance.encoder.clone(),
+                timestep: vec![t as f32; guidance.batch],
+            };
+            let noise_pred = guidance.combine(model.forward(call, &positions, &ctx, strategy)?).narrow(1, 0, c);
+            if let Some(cb) = options.on_step.as_mut() {
+                cb(i, t, &noise_pred);
+            }
+            latents = self.scheduler.step(noise_pred, t, latents)?;
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        Ok(latents)
+    }
+}

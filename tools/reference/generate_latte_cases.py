@@ -1,0 +1,364 @@
+#!/usr/bin/env python3
+"""Writes Latte parity cases (format: docs/parity-cases.md, the Latte additions) from diffusers itself.
+
+Developer tool, not a test dependency (same environment as generate_cases.py):
+    .venv/bin/python tools/reference/generate_latte_cases.py --out tests/cases
+
+Every case is a small random `LatteTransformer3DModel` (diffusers' own class, its init plus noise on every
+parameter, so the adaLN tables and LayerNorms are not trivial), inputs from fixed seeds, and what diffusers
+computes: a forward, or a whole `LattePipeline` call (`DDIMScheduler`, `output_type="latent"`).
+
+First Block Cache cannot run on diffusers' Latte as shipped: `LattePipeline` sets no cache context (FBC's
+state lookup raises), and the hooks would subtract the last temporal block's output (`[B*P, F, D]`) from the
+first spatial block's (`[B*F, P, D]`). The FBC case therefore runs diffusers' own FBC hooks on the same
+blocks with the layout fixed: each temporal block (with the permutes around it and the temporal positional
+embedding) is wrapped as one module working in the spatial layout, so the head is `transformer_blocks.0`
+and the tail ends in the spatial layout. The generator checks that this rewiring alone changes nothing
+(uncached outputs equal bit for bit) before it uses it.
+"""
+import argparse
+import contextlib
+import sys
+import types
+import os
+
+import torch
+from diffusers import DDIMScheduler, LattePipeline, LatteTransformer3DModel
+from diffusers.hooks import first_block_cache as fbc_module
+from diffusers.hooks.hooks import CacheContext
+from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from generate_cases import diffusers_cache_config, write_case
+
+torch.set_grad_enabled(False)
+
+SMALL = dict(
+    num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8, num_layers=2,
+    cross_attention_dim=32, attention_bias=True, sample_size=8, patch_size=2, activation_fn="gelu-approximate",
+    num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
+    caption_channels=24, video_length=3,
+)
+
+# Latte-1's scheduler settings (DDIM, linear betas, no clipping).
+SCHEDULER = dict(beta_start=0.0001, beta_end=0.02, beta_schedule="linear", clip_sample=False, num_train_timesteps=1000)
+
+FRAMES, HEIGHT, WIDTH, TEXT = 3, 8, 8, 6
+
+
+def make_model(seed, **overrides):
+    torch.manual_seed(seed)
+    model = LatteTransformer3DModel(**{**SMALL, **overrides}).eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    for _, p in model.named_parameters():
+        p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def forward_case(out, name, model, batch, frames, height, width, text_len, timesteps, seed):
+    g = torch.Generator().manual_seed(seed)
+    c = model.config
+    hidden = torch.randn(batch, c.in_channels, frames, height, width, generator=g)
+    enc = torch.randn(batch, text_len, c.caption_channels, generator=g)
+    t = torch.tensor(timesteps, dtype=torch.int64)
+    sample = model(hidden_states=hidden, encoder_hidden_states=enc, timestep=t, return_dict=False)[0]
+    write_case(out, name, model, {"kind": "forward", "tolerance": {"rel_l2": 1e-5}},
+               {"hidden_states": hidden, "encoder_hidden_states": enc, "timestep": t, "sample": sample})
+
+
+class SiteRecorder:
+    """Marks an attention site computed when its processor runs (a site a hook skipped never reaches it)."""
+
+    def __init__(self, rec, name, inner):
+        self.rec, self.name, self.inner = rec, name, inner
+
+    # Attention filters kwargs by the processor's signature: spell out what AttnProcessor2_0 takes.
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
+        self.rec.entry()["attention"][self.name] = "compute"
+        return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask=attention_mask, temb=temb)
+
+
+class Recorder:
+    """Records the decisions of diffusers' hooks per step, in trace.json's shape."""
+
+    def __init__(self, pipe, cache, frames):
+        self.pipe, self.kind, self.frames = pipe, cache["type"] if cache else None, frames
+        self.steps, self.step, self.changes, self.sites, self.handles = [], 0, [], [], []
+
+    def entry(self):
+        while len(self.steps) <= self.step:
+            e = {"step": len(self.steps), "timestep": int(self.pipe.current_timestep)}
+            if self.sites:
+                e["attention"] = {n: "skip" for n in self.sites}
+            self.steps.append(e)
+        return self.steps[self.step]
+
+    def attach(self, model):
+        # The sites diffusers hooked: exactly those whose decisions the trace records.
+        for name, module in model.named_modules():
+            registry = getattr(module, "_diffusers_hook", None)
+            hooked = registry is not None and any(
+                k in registry.hooks for k in ("pyramid_attention_broadcast", "faster_cache_block"))
+            if hooked:
+                self.sites.append(name)
+                module.processor = SiteRecorder(self, name, module.processor)
+        if self.kind == "faster_cache":
+            def pre(module, args):
+                self.entry()["uncond"] = "skip" if args[0].shape[0] == self.frames else "compute"
+            self.handles.append(model.pos_embed.register_forward_pre_hook(pre))
+
+    def detach(self, model):
+        for _, module in model.named_modules():
+            if isinstance(getattr(module, "processor", None), SiteRecorder):
+                module.processor = module.processor.inner
+        for h in self.handles:
+            h.remove()
+
+
+class TemporalStep(torch.nn.Module):
+    """Latte's temporal half-step (to the temporal layout, + temp_pos_embed before block 0, the temporal
+    block, back to the spatial layout) as one module in the spatial layout, so FBC's residuals line up.
+    Not a child of the model: FBC's hooks on it share the head block's state."""
+
+    def __init__(self, model, index):
+        super().__init__()
+        self.index, self.block, self.pos = index, model.temporal_transformer_blocks[index], model.temp_pos_embed
+
+    def forward(self, hidden_states, timestep=None):
+        batch, frames = self.batch, self.frames
+        h = hidden_states.reshape(batch, -1, hidden_states.shape[-2], hidden_states.shape[-1]).permute(0, 2, 1, 3)
+        h = h.reshape(-1, h.shape[-2], h.shape[-1])
+        if self.index == 0 and frames > 1:
+            h = h + self.pos.to(h.dtype)
+        h = self.block(h, None, None, None, timestep, None, None)
+        h = h.reshape(batch, -1, h.shape[-2], h.shape[-1]).permute(0, 2, 1, 3)
+        return h.reshape(-1, h.shape[-2], h.shape[-1])
+
+
+TransformerBlockRegistry.register(TemporalStep, TransformerBlockMetadata(return_hidden_states_index=0))
+
+
+def rewired_forward(model, steps):
+    """diffusers' `LatteTransformer3DModel.forward` (0.42), line for line, with each temporal half-step run as
+    a `TemporalStep`."""
+    p = model.config.patch_size
+
+    def forward(self, hidden_states, timestep=None, encoder_hidden_states=None, encoder_attention_mask=None,
+                enable_temporal_attentions=True, return_dict=True):
+        with contextlib.nullcontext():
+            batch_size, channels, num_frame, height, width = hidden_states.shape
+            for s in steps:
+                s.batch, s.frames = batch_size, num_frame
+            hidden_states = hidden_states.permute(0, 2, 1, 3, 4).reshape(-1, channels, height, width)
+            height, width = hidden_states.shape[-2] // p, hidden_states.shape[-1] // p
+            num_patches = height * width
+            hidden_states = self.pos_embed(hidden_states)
+            added = {"resolution": None, "aspect_ratio": None}
+            timestep, embedded_timestep = self.adaln_single(
+                timestep, added_cond_kwargs=added, batch_size=batch_size, hidden_dtype=hidden_states.dtype)
+            enc = self.caption_projection(encoder_hidden_states)
+            enc_spatial = enc.repeat_interleave(num_frame, dim=0).view(-1, enc.shape[-2], enc.shape[-1])
+            t_spatial = timestep.repeat_interleave(num_frame, dim=0).view(-1, timestep.shape[-1])
+            t_temp = timestep.repeat_interleave(num_patches, dim=0).view(-1, timestep.shape[-1])
+            for spatial_block, step in zip(self.transformer_blocks, steps):
+                hidden_states = spatial_block(hidden_states, None, enc_spatial, encoder_attention_mask, t_spatial,
+                                              None, None)
+                hidden_states = step(hidden_states, t_temp)
+            embedded_timestep = embedded_timestep.repeat_interleave(num_frame, dim=0).view(
+                -1, embedded_timestep.shape[-1])
+            shift, scale = (self.scale_shift_table[None] + embedded_timestep[:, None]).chunk(2, dim=1)
+            hidden_states = self.norm_out(hidden_states)
+            hidden_states = hidden_states * (1 + scale) + shift
+            hidden_states = self.proj_out(hidden_states)
+            hidden_states = hidden_states.reshape(shape=(-1, height, width, p, p, self.out_channels))
+            hidden_states = torch.einsum("nhwpqc->nchpwq", hidden_states)
+            output = hidden_states.reshape(shape=(-1, self.out_channels, height * p, width * p))
+            output = output.reshape(batch_size, -1, output.shape[-3], output.shape[-2], output.shape[-1]).permute(
+                0, 2, 1, 3, 4)
+            return (output,)
+
+    return types.MethodType(forward, model)
+
+
+def apply_fbc(model, threshold):
+    """diffusers' FBC hooks on transformer_blocks.0 (head), then every later block in call order, the last
+    temporal step as the tail. Returns an undo function."""
+    steps = [TemporalStep(model, i) for i in range(len(model.temporal_transformer_blocks))]
+    # The rewiring alone must not change the result.
+    g = torch.Generator().manual_seed(99)
+    c = model.config
+    x = torch.randn(2, c.in_channels, c.video_length, 8, 8, generator=g)
+    e = torch.randn(2, 5, c.caption_channels, generator=g)
+    t = torch.tensor([900, 100])
+    stock = model(hidden_states=x, encoder_hidden_states=e, timestep=t, return_dict=False)[0]
+    model.forward = rewired_forward(model, steps)
+    assert torch.equal(stock, model(hidden_states=x, encoder_hidden_states=e, timestep=t, return_dict=False)[0])
+
+    state = fbc_module.StateManager(fbc_module.FBCSharedBlockState, (), {})
+    # The context Latte's pipeline does not set (CogVideoX's pipeline names its batched call "cond_uncond").
+    state.set_context(CacheContext("cond_uncond"))
+    order = []
+    for spatial, step in zip(model.transformer_blocks, steps):
+        order += [spatial, step]
+    fbc_module._apply_fbc_head_block_hook(order[0], state, threshold)
+    for block in order[1:-1]:
+        fbc_module._apply_fbc_block_hook(block, state)
+    fbc_module._apply_fbc_block_hook(order[-1], state, is_tail=True)
+
+    def undo():
+        del model.forward
+        for block in order:
+            for name in (fbc_module._FBC_LEADER_BLOCK_HOOK, fbc_module._FBC_BLOCK_HOOK):
+                if name in block._diffusers_hook.hooks:
+                    block._diffusers_hook.remove_hook(name)
+
+    return undo
+
+
+def run_pipeline(model, inputs, steps, guidance, cache=None):
+    """One LattePipeline call (output_type="latent"); returns final latents, guided outputs, recorder."""
+    latents, prompt, negative = inputs
+    scheduler = DDIMScheduler(**SCHEDULER)
+    pipe = LattePipeline(tokenizer=None, text_encoder=None, vae=None, transformer=model, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    rec = Recorder(pipe, cache, latents.shape[2])
+    preds = []
+    step = scheduler.step
+
+    def recording_step(model_output, *args, **kwargs):
+        preds.append(model_output.clone())
+        rec.entry()
+        rec.step += 1
+        return step(model_output, *args, **kwargs)
+
+    scheduler.step = recording_step
+    original_should_compute = fbc_module.FBCHeadBlockHook._should_compute_remaining_blocks
+
+    def should_compute(hook, residual):
+        state = hook.state_manager.get_state()
+        if state.head_block_residual is not None:
+            prev = state.head_block_residual
+            rec.changes.append(((residual - prev).abs().mean() / prev.abs().mean()).item())
+        result = original_should_compute(hook, residual)
+        rec.entry()["blocks"] = "compute" if result else "skip"
+        return result
+
+    fbc_module.FBCHeadBlockHook._should_compute_remaining_blocks = should_compute
+    undo = None
+    if cache is not None and cache["type"] == "first_block_cache":
+        undo = apply_fbc(model, cache["threshold"])
+        cfg = None
+    else:
+        cfg = diffusers_cache_config(cache, pipe)
+    if cfg is not None:
+        model.enable_cache(cfg)
+    rec.attach(model)
+    try:
+        final = pipe(
+            prompt_embeds=prompt, negative_prompt_embeds=negative, negative_prompt=None, latents=latents.clone(),
+            video_length=latents.shape[2], height=latents.shape[3] * 8, width=latents.shape[4] * 8,
+            num_inference_steps=steps, guidance_scale=guidance, output_type="latent", return_dict=False,
+        )[0]
+    finally:
+        fbc_module.FBCHeadBlockHook._should_compute_remaining_blocks = original_should_compute
+        rec.detach(model)
+        if cfg is not None:
+            model.disable_cache()
+        if undo is not None:
+            undo()
+    return final, preds, rec, scheduler
+
+
+def denoise_inputs(model, frames, height, width, text_len, seed):
+    g = torch.Generator().manual_seed(seed)
+    c = model.config
+    latents = torch.randn(1, c.in_channels, frames, height, width, generator=g)  # init_noise_sigma = 1
+    prompt = torch.randn(1, text_len, c.caption_channels, generator=g)
+    negative = torch.randn(1, text_len, c.caption_channels, generator=g)
+    return latents, prompt, negative
+
+
+def denoise_case(out, name, model, steps, guidance, seed, cache=None, inputs=None):
+    inputs = inputs or denoise_inputs(model, FRAMES, HEIGHT, WIDTH, TEXT, seed)
+    final, preds, rec, scheduler = run_pipeline(model, inputs, steps, guidance, cache)
+    latents, prompt, negative = inputs
+    tensors = {
+        "latents": latents, "prompt_embeds": prompt, "negative_prompt_embeds": negative,
+        "timesteps": scheduler.timesteps.to(torch.int64), "final_latents": final,
+    }
+    for i, p in enumerate(preds):
+        tensors[f"noise_pred.{i}"] = p
+    case = {"kind": "denoise", "num_inference_steps": steps, "guidance_scale": guidance, "cache": cache,
+            "tolerance": {"rel_l2": 1e-3}}
+    trace = {"steps": rec.steps} if cache is not None else None
+    write_case(out, name, model, case, tensors, scheduler=scheduler, trace=trace)
+    skips = {}
+    for s in rec.steps:
+        for site, d in s.get("attention", {}).items():
+            if d == "skip":
+                skips[site] = skips.get(site, 0) + 1
+        for k in ("blocks", "uncond"):
+            if s.get(k) == "skip":
+                skips[k] = skips.get(k, 0) + 1
+    print("   skips:", skips)
+    return rec
+
+
+def fbc_threshold(model, inputs, steps, guidance):
+    """A threshold that skips at least once and is at least 0.004 away from every residual change it meets
+    (float32 differences between implementations are ~1e-6, so no decision can flip)."""
+    _, _, rec, _ = run_pipeline(model, inputs, steps, guidance, {"type": "first_block_cache", "threshold": 0.0})
+    changes = sorted(rec.changes)
+    print("FBC residual changes (threshold 0):", [round(c, 4) for c in changes])
+    for t in [round((a + b) / 2, 4) for a, b in zip(changes, changes[1:])] + [round(changes[-1] * 1.5, 4)]:
+        _, _, r, _ = run_pipeline(model, inputs, steps, guidance, {"type": "first_block_cache", "threshold": t})
+        margin = min(abs(c - t) for c in r.changes)
+        skips = sum(s.get("blocks") == "skip" for s in r.steps)
+        if margin > 0.004 and 0 < skips < steps - 2:
+            print("FBC threshold", t, "skips", skips)
+            return t
+    raise RuntimeError("no FBC threshold with a margin")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="tests/cases")
+    args = ap.parse_args()
+
+    latte = make_model(40)
+    affine = make_model(41, norm_elementwise_affine=True, attention_bias=False)
+    forward_case(args.out, "latte_forward", latte, 2, FRAMES, 8, 8, TEXT, [999, 401], seed=50)
+    forward_case(args.out, "latte_forward_resized", affine, 2, FRAMES, 6, 10, 5, [500, 20], seed=51)
+    forward_case(args.out, "latte_forward_one_frame", latte, 1, 1, 8, 8, 4, [250], seed=52)
+    denoise_case(args.out, "latte_denoise", latte, 10, 6.0, seed=60)
+    denoise_case(args.out, "latte_denoise_noguidance", affine, 6, 1.0, seed=61)
+
+    # PAB with spatial, temporal and cross ranges together. diffusers' default spatial identifier
+    # "transformer_blocks" also matches the temporal blocks' names, so with the defaults the temporal sites take
+    # the spatial range (and a temporal range would have no effect; ours refuses it); the second case anchors
+    # the spatial identifier so the temporal range applies to them.
+    pab = {"type": "pyramid_attention_broadcast",
+           "spatial_attention_block_skip_range": 2, "spatial_attention_timestep_skip_range": [100, 800],
+           "cross_attention_block_skip_range": 4, "cross_attention_timestep_skip_range": [0, 1000]}
+    denoise_case(args.out, "latte_pab_default_identifiers", latte, 12, 6.0, seed=62, cache=pab)
+    denoise_case(args.out, "latte_pab_all_kinds", latte, 12, 6.0, seed=63,
+                 cache={**pab, "spatial_attention_block_identifiers": ["^transformer_blocks"],
+                        "temporal_attention_block_skip_range": 3,
+                        "temporal_attention_timestep_skip_range": [100, 900]})
+    faster = {"type": "faster_cache", "spatial_attention_block_skip_range": 2,
+              "spatial_attention_timestep_skip_range": [-1, 681],
+              "temporal_attention_block_skip_range": 2, "temporal_attention_timestep_skip_range": [-1, 901],
+              "attention_weight": 0.3,
+              "low_frequency_weight_update_timestep_range": [99, 641],
+              "high_frequency_weight_update_timestep_range": [-1, 301], "alpha_low_frequency": 1.1,
+              "alpha_high_frequency": 1.1, "unconditional_batch_skip_range": 5,
+              "unconditional_batch_timestep_skip_range": [-1, 641], "tensor_format": "BCFHW"}
+    denoise_case(args.out, "latte_fastercache", latte, 12, 6.0, seed=64, cache=faster)
+    inputs = denoise_inputs(latte, FRAMES, HEIGHT, WIDTH, TEXT, seed=65)
+    t = fbc_threshold(latte, inputs, 12, 6.0)
+    denoise_case(args.out, "latte_fbc", latte, 12, 6.0, seed=65, inputs=inputs,
+                 cache={"type": "first_block_cache", "threshold": t})
+
+
+if __name__ == "__main__":
+    main()
