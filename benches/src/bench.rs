@@ -1,9 +1,10 @@
 //! `ditcache bench`: the uncached baseline and a list of strategies, timed and compared on one model.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use burn::tensor::{backend::Backend, Tensor};
-use cache_core::{CacheConfig, CacheStats, Decision, FasterCacheConfig, FirstBlockCacheConfig, HostInfo, Identity, Preset,
+use cache_core::{AttentionKind, CacheConfig, CacheStats, Decision, FasterCacheConfig, FirstBlockCacheConfig, HostInfo, Identity, Preset,
     PyramidAttentionBroadcastConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 use models::{DenoiseInput, DenoiseOptions, HostTensor};
@@ -59,6 +60,9 @@ pub struct Row {
     pub attention_computed: usize,
     /// Attention sites reused or extrapolated.
     pub attention_reused: usize,
+    /// `attention_reused` per attention kind (`spatial`, `temporal`, `cross`).
+    #[serde(default)]
+    pub attention_reused_by_kind: BTreeMap<String, usize>,
     /// Steps whose tail blocks were skipped.
     pub blocks_skipped: usize,
     /// Steps whose unconditional branch was approximated.
@@ -159,6 +163,8 @@ pub fn run<B: Backend>(
     }
     let input = model.bench_inputs(opts, device);
     let work = model.work_model();
+    let host = model.host_info();
+    let kind_of = |name: &str| host.sites.iter().find(|s| s.to_string() == name).map_or(AttentionKind::Spatial, |s| s.kind);
     let total = (1 + (strategies.len() + 1) * opts.repeats) as u64;
     let bar = if opts.progress { ProgressBar::new(total) } else { ProgressBar::hidden() };
     bar.set_style(ProgressStyle::with_template("{msg:>14} {bar:30} {pos}/{len} generations [{elapsed_precise}<{eta_precise}]").expect("template"));
@@ -189,6 +195,8 @@ pub fn run<B: Backend>(
             Decision::Compute => (c + 1, r),
             Decision::Skip => (c, r + 1),
         });
+        let attention_reused_by_kind =
+            stats.attention_by_kind(kind_of).into_iter().map(|(k, c)| (k, c.reused)).collect();
         rows.push(Row {
             strategy: name,
             time_s: time,
@@ -200,6 +208,7 @@ pub fn run<B: Backend>(
             cache_peak_bytes: peak,
             attention_computed: attn.0,
             attention_reused: attn.1,
+            attention_reused_by_kind,
             blocks_skipped: stats.blocks().reused,
             uncond_approximated: stats.uncond().reused,
             config: cfg.cloned().unwrap_or(CacheConfig::None),
@@ -227,8 +236,15 @@ fn bytes(n: usize) -> String {
 }
 
 /// The report as a Markdown table.
+/// `spatial 48 · temporal 48 · cross 36`.
+fn kinds(by_kind: &BTreeMap<String, usize>) -> String {
+    by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(" · ")
+}
+
 pub fn table(report: &Report) -> String {
     let compare = report.rows.iter().any(|r| r.diffusers_time_s.is_some());
+    // Per-kind counts only for models with more than one kind of attention.
+    let by_kind = report.rows.iter().any(|r| r.attention_reused_by_kind.len() > 1);
     let mut s = format!(
         "model {} · {} steps · guidance {} · backend {} · {} · median of {}\n\n",
         report.model, report.steps, report.guidance_scale, report.backend, report.machine, report.repeats
@@ -244,7 +260,7 @@ pub fn table(report: &Report) -> String {
     s += "\n";
     for r in &report.rows {
         s += &format!(
-            "| {} | {:.2} | {:.2}× | {:.2}× | {:.2} | {}/{} | {}/{} | {}/{} | {:.2e} | {} | {} |",
+            "| {} | {:.2} | {:.2}× | {:.2}× | {:.2} | {}/{}{} | {}/{} | {}/{} | {:.2e} | {} | {} |",
             r.strategy,
             r.time_s,
             r.speedup,
@@ -252,6 +268,7 @@ pub fn table(report: &Report) -> String {
             r.efficiency,
             r.attention_computed,
             r.attention_reused,
+            if by_kind && r.attention_reused > 0 { format!(" ({})", kinds(&r.attention_reused_by_kind)) } else { String::new() },
             r.blocks_skipped,
             report.steps,
             r.uncond_approximated,

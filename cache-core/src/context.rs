@@ -66,6 +66,22 @@ impl CallContext {
     pub fn new(step: StepContext, branch: Branch, batch_size: usize) -> Self {
         Self { step, branch, batch_size, cond_only: false }
     }
+
+    /// What a model runs when a strategy answers [`crate::BatchPlan::CondOnly`]: the rows of the conditional
+    /// half of this CFG batch (by the batch's [`CfgOrder`]) and the context of the call on them. `None` when
+    /// the batch is not a CFG batch of even size.
+    pub fn cond_half(&self) -> Option<(std::ops::Range<usize>, CallContext)> {
+        let Branch::Cfg(order) = self.branch else { return None };
+        if self.batch_size % 2 != 0 {
+            return None;
+        }
+        let half = self.batch_size / 2;
+        let start = match order {
+            CfgOrder::UncondFirst => half,
+            CfgOrder::CondFirst => 0,
+        };
+        Some((start..start + half, CallContext { batch_size: half, cond_only: true, ..*self }))
+    }
 }
 
 /// Which kind of attention an attention site computes (diffusers' PAB categories).

@@ -1,7 +1,7 @@
 //! What one denoiser call takes, shared by the models.
 
 use burn::tensor::{backend::Backend, Tensor};
-use cache_core::{Branch, CallContext, CfgOrder};
+use cache_core::CallContext;
 
 use crate::error::{ModelError, Result};
 
@@ -24,25 +24,17 @@ pub struct ForwardInput<B: Backend> {
 
 /// Cuts a CFG batch to its conditional half, for a strategy that rebuilds the other half.
 pub(crate) fn cond_half<B: Backend>(input: ForwardInput<B>, ctx: &CallContext) -> Result<(ForwardInput<B>, CallContext)> {
-    let Branch::Cfg(order) = ctx.branch else {
-        return Err(ModelError::Shape(format!(
-            "a strategy asked for the conditional half of a `{}` batch",
-            ctx.branch.context_name()
+    let Some((rows, ctx)) = ctx.cond_half() else {
+        return Err(ModelError::Strategy(format!(
+            "the strategy asked for the conditional half of a `{}` batch of {}",
+            ctx.branch.context_name(),
+            ctx.batch_size
         )));
     };
-    let b = ctx.batch_size;
-    if b % 2 != 0 {
-        return Err(ModelError::Shape(format!("a CFG batch must be even, got {b}")));
-    }
-    let half = b / 2;
-    let start = match order {
-        CfgOrder::UncondFirst => half,
-        CfgOrder::CondFirst => 0,
-    };
     let input = ForwardInput {
-        hidden_states: input.hidden_states.narrow(0, start, half),
-        encoder_hidden_states: input.encoder_hidden_states.narrow(0, start, half),
-        timestep: input.timestep[start..start + half].to_vec(),
+        hidden_states: input.hidden_states.narrow(0, rows.start, rows.len()),
+        encoder_hidden_states: input.encoder_hidden_states.narrow(0, rows.start, rows.len()),
+        timestep: input.timestep[rows].to_vec(),
     };
-    Ok((input, CallContext { batch_size: half, cond_only: true, ..*ctx }))
+    Ok((input, ctx))
 }

@@ -320,9 +320,11 @@ impl<B: Backend> LatteTransformer3DModel<B> {
         HostInfo { sites, num_blocks: 2 * self.transformer_blocks.len(), tensor_format: "BCFHW".into() }
     }
 
-    /// The share of the model's block work done by its attention sites, for `frames` frames of `patches`
-    /// patches and `text` prompt tokens, from multiply-adds per token: projections `4·D²` per site (the cross
-    /// site's key/value projections on `text` tokens), scores and weighted sums `2·L·D`, feed-forward `8·D²`.
+    /// The mean work of one attention site as a share of the mean block's work (what a reused site saves,
+    /// in block units), for `frames` frames of `patches` patches and `text` prompt tokens. From multiply-adds
+    /// per video token: self-attention `4·D²` projections plus `2·L·D` scores and weighted sums; the cross
+    /// site's query/output projections `2·D²`, its key/value projections on the prompt `2·D²·S/P`, scores
+    /// `2·S·D`; each block's feed-forward `8·D²`. Three sites per spatial–temporal pair of blocks.
     pub fn attention_share(&self, frames: usize, patches: usize, text: usize) -> f64 {
         let d = self.config.inner_dim() as f64;
         let (f, p, s) = (frames as f64, patches as f64, text as f64);
@@ -330,7 +332,8 @@ impl<B: Backend> LatteTransformer3DModel<B> {
         let cross = 2.0 * d * d + 2.0 * s * d + 2.0 * d * d * s / p;
         let temporal = 4.0 * d * d + 2.0 * f * d;
         let attn = spatial + cross + temporal;
-        attn / (attn + 2.0 * 8.0 * d * d)
+        let pair = attn + 2.0 * 8.0 * d * d;
+        (attn / 3.0) / (pair / 2.0)
     }
 
     /// Positional tables for latents of `frames × height × width` (latent pixels), as `PatchEmbed` and the
