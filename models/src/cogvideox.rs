@@ -11,12 +11,12 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use cache_core::{
-    attention_site, block_stack, AttentionKind, AttentionSite, BatchPlan, CacheStrategy, CallContext,
+    attention_site, block_stack, AttentionKind, AttentionSite, CacheStrategy, CallContext,
     HostInfo, JointStates,
 };
 
 use crate::config::CogVideoXConfig;
-use crate::input::{cond_half, ForwardInput};
+use crate::input::{denoiser_call, ForwardInput};
 use crate::embeddings;
 use crate::error::{ModelError, Result};
 use crate::nn::{FeedForward, LayerNorm, Linear, TimestepEmbedding};
@@ -433,16 +433,7 @@ impl<B: Backend> CogVideoXTransformer3DModel<B> {
         strategy: &mut S,
     ) -> Result<Tensor<B, 5>> {
         self.check(&input, positions)?;
-        let batch = input.hidden_states.dims()[0];
-        if ctx.batch_size != batch {
-            return Err(ModelError::Shape(format!("context says batch {}, input has {batch}", ctx.batch_size)));
-        }
-        let (input, run_ctx) = match strategy.begin_forward(ctx) {
-            BatchPlan::Full => (input, *ctx),
-            BatchPlan::CondOnly => cond_half(input, ctx)?,
-        };
-        let out = self.forward_blocks(input, positions, &run_ctx, strategy)?;
-        Ok(strategy.end_forward(ctx, out))
+        denoiser_call(input, ctx, strategy, |input, ctx, strategy| self.forward_blocks(input, positions, ctx, strategy))
     }
 
     fn forward_blocks<S: CacheStrategy<B> + ?Sized>(

@@ -1,7 +1,7 @@
 //! What one denoiser call takes, shared by the models.
 
 use burn::tensor::{backend::Backend, Tensor};
-use cache_core::CallContext;
+use cache_core::{BatchPlan, CacheStrategy, CallContext};
 
 use crate::error::{ModelError, Result};
 
@@ -37,4 +37,25 @@ pub(crate) fn cond_half<B: Backend>(input: ForwardInput<B>, ctx: &CallContext) -
         timestep: input.timestep[rows].to_vec(),
     };
     Ok((input, ctx))
+}
+
+/// The denoiser-call level of the hooks, the same for every model: checks the context's batch size, asks the
+/// strategy for the batch plan, runs `blocks` on the whole batch or on its conditional half, and lets the
+/// strategy finish the output.
+pub(crate) fn denoiser_call<B: Backend, S: CacheStrategy<B> + ?Sized>(
+    input: ForwardInput<B>,
+    ctx: &CallContext,
+    strategy: &mut S,
+    blocks: impl FnOnce(ForwardInput<B>, &CallContext, &mut S) -> Result<Tensor<B, 5>>,
+) -> Result<Tensor<B, 5>> {
+    let batch = input.hidden_states.dims()[0];
+    if ctx.batch_size != batch {
+        return Err(ModelError::Shape(format!("context says batch {}, input has {batch}", ctx.batch_size)));
+    }
+    let (input, run_ctx) = match strategy.begin_forward(ctx) {
+        BatchPlan::Full => (input, *ctx),
+        BatchPlan::CondOnly => cond_half(input, ctx)?,
+    };
+    let out = blocks(input, &run_ctx, strategy)?;
+    Ok(strategy.end_forward(ctx, out))
 }

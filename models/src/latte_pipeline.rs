@@ -9,12 +9,11 @@
 use std::path::Path;
 
 use burn::tensor::{backend::Backend, Tensor};
-use cache_core::{CacheStrategy, CallContext, StepContext};
+use cache_core::CacheStrategy;
 
 use crate::error::{ModelError, Result};
-use crate::input::ForwardInput;
 use crate::latte::LatteTransformer3DModel;
-use crate::pipeline::{progress_bar, DenoiseInput, DenoiseOptions, Guidance};
+use crate::pipeline::{guided_steps, DenoiseInput, DenoiseOptions, Guidance};
 use crate::scheduler_ddim::{DDIMScheduler, DDIMSchedulerConfig};
 
 /// The scheduler classes [`LattePipeline`] runs.
@@ -55,7 +54,7 @@ impl<B: Backend> LattePipeline<B> {
         &mut self,
         input: DenoiseInput<B>,
         strategy: &mut S,
-        mut options: DenoiseOptions<'_, B>,
+        options: DenoiseOptions<'_, B>,
     ) -> Result<Tensor<B, 5>> {
         let model = &self.transformer;
         let guidance = Guidance::new(&input)?;
@@ -70,26 +69,18 @@ impl<B: Backend> LattePipeline<B> {
         let timesteps = self.scheduler.set_timesteps(input.num_inference_steps)?.to_vec();
         let positions = model.positions(f, h, w, &input.latents.device())?;
         strategy.reset();
-        let bar = progress_bar(options.progress, timesteps.len());
-
-        let mut latents = input.latents;
-        for (i, &t) in timesteps.iter().enumerate() {
-            let model_input = self.scheduler.scale_model_input(guidance.batch_latents(&latents), t);
-            let step = StepContext { step: i, num_steps: timesteps.len(), timestep: t as f64 };
-            let ctx = CallContext::new(step, guidance.branch, guidance.batch);
-            let call = ForwardInput {
-                hidden_states: model_input,
-                encoder_hidden_states: guidance.encoder.clone(),
-                timestep: vec![t as f32; guidance.batch],
-            };
-            let noise_pred = guidance.combine(model.forward(call, &positions, &ctx, strategy)?).narrow(1, 0, c);
-            if let Some(cb) = options.on_step.as_mut() {
-                cb(i, t, &noise_pred);
-            }
-            latents = self.scheduler.step(noise_pred, t, latents)?;
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        Ok(latents)
+        let scheduler = &self.scheduler;
+        guided_steps(
+            &guidance,
+            &timesteps,
+            input.latents,
+            options,
+            |mut call, ctx| {
+                call.hidden_states = scheduler.scale_model_input(call.hidden_states, ctx.step.timestep as i64);
+                // Guidance acts per channel, so keeping the first `c` channels before it is the same as after.
+                Ok(model.forward(call, &positions, ctx, strategy)?.narrow(1, 0, c))
+            },
+            |pred, t, latents| scheduler.step(pred, t, latents),
+        )
     }
 }

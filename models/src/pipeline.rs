@@ -113,6 +113,39 @@ pub(crate) fn progress_bar(show: bool, steps: usize) -> ProgressBar {
     bar
 }
 
+/// The steps of a guided loop, shared by the pipelines: for each timestep, the batched call (`predict` runs the
+/// model, scaling its input as the scheduler wants), guidance, the step callback, the scheduler `step`.
+pub(crate) fn guided_steps<B: Backend>(
+    guidance: &Guidance<B>,
+    timesteps: &[i64],
+    mut latents: Tensor<B, 5>,
+    mut options: DenoiseOptions<'_, B>,
+    mut predict: impl FnMut(ForwardInput<B>, &CallContext) -> Result<Tensor<B, 5>>,
+    step: impl Fn(Tensor<B, 5>, i64, Tensor<B, 5>) -> Result<Tensor<B, 5>>,
+) -> Result<Tensor<B, 5>> {
+    let bar = progress_bar(options.progress, timesteps.len());
+    for (i, &t) in timesteps.iter().enumerate() {
+        let ctx = CallContext::new(
+            StepContext { step: i, num_steps: timesteps.len(), timestep: t as f64 },
+            guidance.branch,
+            guidance.batch,
+        );
+        let call = ForwardInput {
+            hidden_states: guidance.batch_latents(&latents),
+            encoder_hidden_states: guidance.encoder.clone(),
+            timestep: vec![t as f32; guidance.batch],
+        };
+        let noise_pred = guidance.combine(predict(call, &ctx)?);
+        if let Some(cb) = options.on_step.as_mut() {
+            cb(i, t, &noise_pred);
+        }
+        latents = step(noise_pred, t, latents)?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(latents)
+}
+
 /// Runs one generation: resets `strategy`, then denoises for `input.num_inference_steps` steps.
 /// Returns the final latents `[1, F, C, H, W]`.
 pub fn denoise<B: Backend, S: CacheStrategy<B> + ?Sized>(
@@ -120,32 +153,23 @@ pub fn denoise<B: Backend, S: CacheStrategy<B> + ?Sized>(
     scheduler: &mut CogVideoXDDIMScheduler,
     input: DenoiseInput<B>,
     strategy: &mut S,
-    mut options: DenoiseOptions<'_, B>,
+    options: DenoiseOptions<'_, B>,
 ) -> Result<Tensor<B, 5>> {
     let guidance = Guidance::new(&input)?;
     let [_, f, _, h, w] = input.latents.dims();
     let timesteps = scheduler.set_timesteps(input.num_inference_steps)?.to_vec();
     let positions = model.positions(f, h, w, &input.latents.device())?;
     strategy.reset();
-    let bar = progress_bar(options.progress, timesteps.len());
-
-    let mut latents = input.latents;
-    for (i, &t) in timesteps.iter().enumerate() {
-        let model_input = scheduler.scale_model_input(guidance.batch_latents(&latents), t);
-        let step = StepContext { step: i, num_steps: timesteps.len(), timestep: t as f64 };
-        let ctx = CallContext::new(step, guidance.branch, guidance.batch);
-        let call = ForwardInput {
-            hidden_states: model_input,
-            encoder_hidden_states: guidance.encoder.clone(),
-            timestep: vec![t as f32; guidance.batch],
-        };
-        let noise_pred = guidance.combine(model.forward(call, &positions, &ctx, strategy)?);
-        if let Some(cb) = options.on_step.as_mut() {
-            cb(i, t, &noise_pred);
-        }
-        latents = scheduler.step(noise_pred, t, latents)?;
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    Ok(latents)
+    let scheduler = &*scheduler;
+    guided_steps(
+        &guidance,
+        &timesteps,
+        input.latents,
+        options,
+        |mut call, ctx| {
+            call.hidden_states = scheduler.scale_model_input(call.hidden_states, ctx.step.timestep as i64);
+            model.forward(call, &positions, ctx, strategy)
+        },
+        |pred, t, latents| scheduler.step(pred, t, latents),
+    )
 }

@@ -147,14 +147,9 @@ def diffusers_cache_config(cache, pipe):
     raise ValueError(cache["type"])
 
 
-def run_pipeline(model, inputs, steps, guidance, cache=None):
-    """One CogVideoXPipeline call (output_type="latent"); returns final latents, guided outputs, recorder."""
-    latents, prompt, negative = inputs
-    scheduler = CogVideoXDDIMScheduler(**SCHEDULER)
-    pipe = CogVideoXPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=model, scheduler=scheduler)
-    pipe.set_progress_bar_config(disable=True)
-    rec = Recorder(pipe, cache)
-    preds = []
+def instrument(scheduler, rec, preds):
+    """Records each step's guided model output (in `preds`) and First Block Cache's measured changes and
+    decisions (in `rec`); returns the function that undoes the FBC patch."""
     step = scheduler.step
 
     def recording_step(model_output, *args, **kwargs):
@@ -176,6 +171,36 @@ def run_pipeline(model, inputs, steps, guidance, cache=None):
         return result
 
     fbc_module.FBCHeadBlockHook._should_compute_remaining_blocks = should_compute
+
+    def restore():
+        fbc_module.FBCHeadBlockHook._should_compute_remaining_blocks = original_should_compute
+
+    return restore
+
+
+def write_denoise_case(out, name, model, inputs, final, preds, rec, scheduler, steps, guidance, cache):
+    latents, prompt, negative = inputs
+    tensors = {
+        "latents": latents, "prompt_embeds": prompt, "negative_prompt_embeds": negative,
+        "timesteps": scheduler.timesteps.to(torch.int64), "final_latents": final,
+    }
+    for i, p in enumerate(preds):
+        tensors[f"noise_pred.{i}"] = p
+    case = {"kind": "denoise", "num_inference_steps": steps, "guidance_scale": guidance, "cache": cache,
+            "tolerance": {"rel_l2": 1e-3}}
+    trace = {"steps": rec.steps} if cache is not None else None
+    write_case(out, name, model, case, tensors, scheduler=scheduler, trace=trace)
+
+
+def run_pipeline(model, inputs, steps, guidance, cache=None):
+    """One CogVideoXPipeline call (output_type="latent"); returns final latents, guided outputs, recorder."""
+    latents, prompt, negative = inputs
+    scheduler = CogVideoXDDIMScheduler(**SCHEDULER)
+    pipe = CogVideoXPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=model, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    rec = Recorder(pipe, cache)
+    preds = []
+    restore_fbc = instrument(scheduler, rec, preds)
     cfg = diffusers_cache_config(cache, pipe)
     if cfg is not None:
         model.enable_cache(cfg)
@@ -202,7 +227,7 @@ def run_pipeline(model, inputs, steps, guidance, cache=None):
             num_inference_steps=steps, guidance_scale=guidance, output_type="latent", return_dict=False,
         )[0]
     finally:
-        fbc_module.FBCHeadBlockHook._should_compute_remaining_blocks = original_should_compute
+        restore_fbc()
         rec.detach(model)
         if cfg is not None:
             model.disable_cache()
@@ -221,17 +246,7 @@ def denoise_inputs(model, frames, height, width, text_len, seed):
 def denoise_case(out, name, model, frames, height, width, text_len, steps, guidance, seed, cache=None):
     inputs = denoise_inputs(model, frames, height, width, text_len, seed)
     final, preds, rec, scheduler = run_pipeline(model, inputs, steps, guidance, cache)
-    latents, prompt, negative = inputs
-    tensors = {
-        "latents": latents, "prompt_embeds": prompt, "negative_prompt_embeds": negative,
-        "timesteps": scheduler.timesteps.to(torch.int64), "final_latents": final,
-    }
-    for i, p in enumerate(preds):
-        tensors[f"noise_pred.{i}"] = p
-    case = {"kind": "denoise", "num_inference_steps": steps, "guidance_scale": guidance, "cache": cache,
-            "tolerance": {"rel_l2": 1e-3}}
-    trace = {"steps": rec.steps} if cache is not None else None
-    write_case(out, name, model, case, tensors, scheduler=scheduler, trace=trace)
+    write_denoise_case(out, name, model, inputs, final, preds, rec, scheduler, steps, guidance, cache)
     return rec
 
 

@@ -29,7 +29,7 @@ from diffusers.hooks.hooks import CacheContext
 from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from generate_cases import diffusers_cache_config, write_case
+from generate_cases import diffusers_cache_config, instrument, write_case, write_denoise_case
 
 torch.set_grad_enabled(False)
 
@@ -223,27 +223,7 @@ def run_pipeline(model, inputs, steps, guidance, cache=None):
     pipe.set_progress_bar_config(disable=True)
     rec = Recorder(pipe, cache, latents.shape[2])
     preds = []
-    step = scheduler.step
-
-    def recording_step(model_output, *args, **kwargs):
-        preds.append(model_output.clone())
-        rec.entry()
-        rec.step += 1
-        return step(model_output, *args, **kwargs)
-
-    scheduler.step = recording_step
-    original_should_compute = fbc_module.FBCHeadBlockHook._should_compute_remaining_blocks
-
-    def should_compute(hook, residual):
-        state = hook.state_manager.get_state()
-        if state.head_block_residual is not None:
-            prev = state.head_block_residual
-            rec.changes.append(((residual - prev).abs().mean() / prev.abs().mean()).item())
-        result = original_should_compute(hook, residual)
-        rec.entry()["blocks"] = "compute" if result else "skip"
-        return result
-
-    fbc_module.FBCHeadBlockHook._should_compute_remaining_blocks = should_compute
+    restore_fbc = instrument(scheduler, rec, preds)
     undo = None
     if cache is not None and cache["type"] == "first_block_cache":
         undo = apply_fbc(model, cache["threshold"])
@@ -260,7 +240,7 @@ def run_pipeline(model, inputs, steps, guidance, cache=None):
             num_inference_steps=steps, guidance_scale=guidance, output_type="latent", return_dict=False,
         )[0]
     finally:
-        fbc_module.FBCHeadBlockHook._should_compute_remaining_blocks = original_should_compute
+        restore_fbc()
         rec.detach(model)
         if cfg is not None:
             model.disable_cache()
@@ -281,17 +261,7 @@ def denoise_inputs(model, frames, height, width, text_len, seed):
 def denoise_case(out, name, model, steps, guidance, seed, cache=None, inputs=None):
     inputs = inputs or denoise_inputs(model, FRAMES, HEIGHT, WIDTH, TEXT, seed)
     final, preds, rec, scheduler = run_pipeline(model, inputs, steps, guidance, cache)
-    latents, prompt, negative = inputs
-    tensors = {
-        "latents": latents, "prompt_embeds": prompt, "negative_prompt_embeds": negative,
-        "timesteps": scheduler.timesteps.to(torch.int64), "final_latents": final,
-    }
-    for i, p in enumerate(preds):
-        tensors[f"noise_pred.{i}"] = p
-    case = {"kind": "denoise", "num_inference_steps": steps, "guidance_scale": guidance, "cache": cache,
-            "tolerance": {"rel_l2": 1e-3}}
-    trace = {"steps": rec.steps} if cache is not None else None
-    write_case(out, name, model, case, tensors, scheduler=scheduler, trace=trace)
+    write_denoise_case(out, name, model, inputs, final, preds, rec, scheduler, steps, guidance, cache)
     skips = {}
     for s in rec.steps:
         for site, d in s.get("attention", {}).items():
