@@ -20,8 +20,16 @@ use models::HostTensor;
 
 const STEPS: usize = 20;
 
+/// Weights are drawn from the backend's process-wide generator after seeding it: one test at a time.
+static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn init(config: dit::DiTConfig) -> dit::DiT<B> {
+    let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+    config.init::<B>(0, &device())
+}
+
 fn model() -> dit::DiT<B> {
-    dit::DiTConfig::small().init::<B>(&device())
+    init(dit::DiTConfig::small())
 }
 
 fn sample(m: &dit::DiT<B>, order: CfgOrder, s: &mut dyn CacheStrategy<B>) -> Vec<f32> {
@@ -131,7 +139,7 @@ fn what_the_model_cannot_host_is_a_typed_error() {
     ] {
         assert!(matches!(cfg.check_host(&host), Err(ConfigError::NotHostable(_))), "{cfg:?}");
     }
-    let one_block = dit::DiTConfig { depth: 1, ..dit::DiTConfig::small() }.init::<B>(&device());
+    let one_block = init(dit::DiTConfig { depth: 1, ..dit::DiTConfig::small() });
     let fbc = CacheConfig::FirstBlockCache(FirstBlockCacheConfig::default());
     assert!(matches!(fbc.check_host(&one_block.host_info()), Err(ConfigError::NotHostable(_))));
 }

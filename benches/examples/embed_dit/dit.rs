@@ -43,9 +43,10 @@ impl DiTConfig {
         Self { channels: 4, size: 16, patch: 2, dim: 128, heads: 4, depth: 6, num_classes: 10 }
     }
 
-    /// Random weights (burn's default initialisers; adaLN is not zero-initialised, so the untrained model
-    /// computes something).
-    pub fn init<B: Backend>(&self, device: &B::Device) -> DiT<B> {
+    /// Random weights from `seed` (burn's default initialisers after seeding the backend's generator, which
+    /// is process-wide; adaLN is not zero-initialised, so the untrained model computes something).
+    pub fn init<B: Backend>(&self, seed: u64, device: &B::Device) -> DiT<B> {
+        B::seed(device, seed);
         let d = self.dim;
         let p2c = self.patch * self.patch * self.channels;
         DiT {

@@ -18,7 +18,7 @@ use models::HostTensor;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dev = device();
-    let model = dit::DiTConfig::small().init::<B>(&dev);
+    let model = dit::DiTConfig::small().init::<B>(0, &dev);
     let host = model.host_info();
     let (class, steps, guidance, seed) = (3, 20, 4.0, 0);
     let run = |s: &mut dyn CacheStrategy<B>| {
