@@ -194,13 +194,8 @@ fn toml_string(cfg: &CacheConfig) -> Result<String, String> {
 /// trained model, `attribute_embeddings.safetensors`). `shapes` is the trained model of this repository.
 fn model_dir(name: &str) -> Option<PathBuf> {
     let path = if name == "shapes" { benches::shapes::shapes_dir() } else { PathBuf::from(name) };
-    if path.join("transformer").join("config.json").exists() {
-        Some(path)
-    } else if path.join("config.json").exists() {
-        Some(path)
-    } else {
-        None
-    }
+    let is_model_dir = path.join("transformer").join("config.json").exists() || path.join("config.json").exists();
+    is_model_dir.then_some(path)
 }
 
 /// Prompt embeddings for `prompt` when the model directory has an attribute table.
