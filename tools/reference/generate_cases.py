@@ -93,41 +93,64 @@ def forward_case(out, name, model, batch, frames, height, width, text_len, times
 
 
 class Recorder:
-    """Records the decisions of diffusers' hooks per step, in trace.json's shape."""
+    """Records the decisions of diffusers' hooks per step, in trace.json's shape.
 
-    def __init__(self, pipe, cache):
+    `site_recorder` wraps an attention processor (its signature is the model's processor's); `uncond_probe` is
+    (submodule name, whether that submodule's positional args show a conditional-half-only call)."""
+
+    def __init__(self, pipe, cache, site_recorder, uncond_probe):
         self.pipe, self.kind = pipe, cache["type"] if cache else None
-        self.steps, self.step, self.changes = [], 0, []
+        self.site_recorder, self.uncond_probe = site_recorder, uncond_probe
+        self.steps, self.step, self.changes, self.sites, self.handles = [], 0, [], [], []
 
     def entry(self):
         while len(self.steps) <= self.step:
-            self.steps.append({"step": len(self.steps), "timestep": int(self.pipe.current_timestep)})
+            e = {"step": len(self.steps), "timestep": int(self.pipe.current_timestep)}
+            if self.sites:
+                # A site the hook skipped never reaches its processor: skipped unless the processor runs.
+                e["attention"] = {n: "skip" for n in self.sites}
+            self.steps.append(e)
         return self.steps[self.step]
 
     def attach(self, model):
-        if self.kind in ("pyramid_attention_broadcast", "faster_cache"):
-            for i, block in enumerate(model.transformer_blocks):
-                block.attn1.processor = SiteRecorder(self, f"transformer_blocks.{i}.attn1", block.attn1.processor)
+        # The sites diffusers hooked: exactly those whose decisions the trace records.
+        for name, module in model.named_modules():
+            registry = getattr(module, "_diffusers_hook", None)
+            hooked = registry is not None and any(
+                k in registry.hooks for k in ("pyramid_attention_broadcast", "faster_cache_block"))
+            if hooked:
+                self.sites.append(name)
+                module.processor = self.site_recorder(self, name, module.processor)
         if self.kind == "faster_cache":
+            submodule, cond_only = self.uncond_probe
+
             def pre(module, args):
-                self.entry()["uncond"] = "skip" if args[1].shape[0] == 1 else "compute"
-            self.handle = model.patch_embed.register_forward_pre_hook(pre)
+                self.entry()["uncond"] = "skip" if cond_only(args) else "compute"
+
+            self.handles.append(getattr(model, submodule).register_forward_pre_hook(pre))
 
     def detach(self, model):
-        for block in model.transformer_blocks:
-            if isinstance(block.attn1.processor, SiteRecorder):
-                block.attn1.processor = block.attn1.processor.inner
-        if getattr(self, "handle", None) is not None:
-            self.handle.remove()
+        for _, module in model.named_modules():
+            if isinstance(getattr(module, "processor", None), SiteRecorder):
+                module.processor = module.processor.inner
+        for h in self.handles:
+            h.remove()
 
 
 class SiteRecorder:
+    """Marks an attention site computed when its processor runs; subclasses spell out the processor's
+    signature, since Attention filters kwargs by it."""
+
     def __init__(self, rec, name, inner):
         self.rec, self.name, self.inner = rec, name, inner
 
-    # Attention filters kwargs by the processor's signature: spell out what CogVideoX's processor takes.
-    def __call__(self, attn, hidden_states, encoder_hidden_states, attention_mask=None, image_rotary_emb=None):
+    def mark(self):
         self.rec.entry()["attention"][self.name] = "compute"
+
+
+class CogVideoXSiteRecorder(SiteRecorder):
+    def __call__(self, attn, hidden_states, encoder_hidden_states, attention_mask=None, image_rotary_emb=None):
+        self.mark()
         return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask=attention_mask,
                           image_rotary_emb=image_rotary_emb)
 
@@ -198,26 +221,14 @@ def run_pipeline(model, inputs, steps, guidance, cache=None):
     scheduler = CogVideoXDDIMScheduler(**SCHEDULER)
     pipe = CogVideoXPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=model, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
-    rec = Recorder(pipe, cache)
+    # patch_embed(text, video): a conditional-half-only call has a video batch of 1.
+    rec = Recorder(pipe, cache, CogVideoXSiteRecorder, ("patch_embed", lambda args: args[1].shape[0] == 1))
     preds = []
     restore_fbc = instrument(scheduler, rec, preds)
     cfg = diffusers_cache_config(cache, pipe)
     if cfg is not None:
         model.enable_cache(cfg)
     rec.attach(model)
-    if rec.kind in ("pyramid_attention_broadcast", "faster_cache"):
-        # A site the hook skipped is never called: mark every site skipped unless its processor runs.
-        names = [f"transformer_blocks.{i}.attn1" for i in range(len(model.transformer_blocks))]
-        original_entry = rec.entry
-
-        def entry_with_sites():
-            new = len(rec.steps) <= rec.step
-            e = original_entry()
-            if new:
-                e["attention"] = {n: "skip" for n in names}
-            return e
-
-        rec.entry = entry_with_sites
     try:
         c = model.config
         frames = latents.shape[1]
@@ -250,9 +261,9 @@ def denoise_case(out, name, model, frames, height, width, text_len, steps, guida
     return rec
 
 
-def fbc_thresholds(model, inputs, steps, guidance):
-    """Two thresholds whose decisions differ, each at least 0.004 away from every residual change it meets
-    (float32 differences between implementations are ~1e-6, so no decision can flip)."""
+def fbc_thresholds(model, inputs, steps, guidance, run_pipeline=run_pipeline):
+    """Two thresholds whose decisions differ, fewest skips first, each at least 0.004 away from every residual
+    change it meets (float32 differences between implementations are ~1e-6, so no decision can flip)."""
     _, _, rec, _ = run_pipeline(model, inputs, steps, guidance, {"type": "first_block_cache", "threshold": 0.0})
     changes = sorted(rec.changes)
     print("FBC residual changes (threshold 0):", [round(c, 4) for c in changes])

@@ -29,7 +29,9 @@ from diffusers.hooks.hooks import CacheContext
 from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from generate_cases import diffusers_cache_config, instrument, write_case, write_denoise_case
+from generate_cases import (
+    Recorder, SiteRecorder, diffusers_cache_config, fbc_thresholds, instrument, write_case, write_denoise_case,
+)
 
 torch.set_grad_enabled(False)
 
@@ -66,53 +68,10 @@ def forward_case(out, name, model, batch, frames, height, width, text_len, times
                {"hidden_states": hidden, "encoder_hidden_states": enc, "timestep": t, "sample": sample})
 
 
-class SiteRecorder:
-    """Marks an attention site computed when its processor runs (a site a hook skipped never reaches it)."""
-
-    def __init__(self, rec, name, inner):
-        self.rec, self.name, self.inner = rec, name, inner
-
-    # Attention filters kwargs by the processor's signature: spell out what AttnProcessor2_0 takes.
+class LatteSiteRecorder(SiteRecorder):
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
-        self.rec.entry()["attention"][self.name] = "compute"
+        self.mark()
         return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask=attention_mask, temb=temb)
-
-
-class Recorder:
-    """Records the decisions of diffusers' hooks per step, in trace.json's shape."""
-
-    def __init__(self, pipe, cache, frames):
-        self.pipe, self.kind, self.frames = pipe, cache["type"] if cache else None, frames
-        self.steps, self.step, self.changes, self.sites, self.handles = [], 0, [], [], []
-
-    def entry(self):
-        while len(self.steps) <= self.step:
-            e = {"step": len(self.steps), "timestep": int(self.pipe.current_timestep)}
-            if self.sites:
-                e["attention"] = {n: "skip" for n in self.sites}
-            self.steps.append(e)
-        return self.steps[self.step]
-
-    def attach(self, model):
-        # The sites diffusers hooked: exactly those whose decisions the trace records.
-        for name, module in model.named_modules():
-            registry = getattr(module, "_diffusers_hook", None)
-            hooked = registry is not None and any(
-                k in registry.hooks for k in ("pyramid_attention_broadcast", "faster_cache_block"))
-            if hooked:
-                self.sites.append(name)
-                module.processor = SiteRecorder(self, name, module.processor)
-        if self.kind == "faster_cache":
-            def pre(module, args):
-                self.entry()["uncond"] = "skip" if args[0].shape[0] == self.frames else "compute"
-            self.handles.append(model.pos_embed.register_forward_pre_hook(pre))
-
-    def detach(self, model):
-        for _, module in model.named_modules():
-            if isinstance(getattr(module, "processor", None), SiteRecorder):
-                module.processor = module.processor.inner
-        for h in self.handles:
-            h.remove()
 
 
 class TemporalStep(torch.nn.Module):
@@ -221,7 +180,9 @@ def run_pipeline(model, inputs, steps, guidance, cache=None):
     scheduler = DDIMScheduler(**SCHEDULER)
     pipe = LattePipeline(tokenizer=None, text_encoder=None, vae=None, transformer=model, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
-    rec = Recorder(pipe, cache, latents.shape[2])
+    # pos_embed runs per frame: a conditional-half-only call has one sample's frames.
+    frames = latents.shape[2]
+    rec = Recorder(pipe, cache, LatteSiteRecorder, ("pos_embed", lambda args: args[0].shape[0] == frames))
     preds = []
     restore_fbc = instrument(scheduler, rec, preds)
     undo = None
@@ -274,22 +235,6 @@ def denoise_case(out, name, model, steps, guidance, seed, cache=None, inputs=Non
     return rec
 
 
-def fbc_threshold(model, inputs, steps, guidance):
-    """A threshold that skips at least once and is at least 0.004 away from every residual change it meets
-    (float32 differences between implementations are ~1e-6, so no decision can flip)."""
-    _, _, rec, _ = run_pipeline(model, inputs, steps, guidance, {"type": "first_block_cache", "threshold": 0.0})
-    changes = sorted(rec.changes)
-    print("FBC residual changes (threshold 0):", [round(c, 4) for c in changes])
-    for t in [round((a + b) / 2, 4) for a, b in zip(changes, changes[1:])] + [round(changes[-1] * 1.5, 4)]:
-        _, _, r, _ = run_pipeline(model, inputs, steps, guidance, {"type": "first_block_cache", "threshold": t})
-        margin = min(abs(c - t) for c in r.changes)
-        skips = sum(s.get("blocks") == "skip" for s in r.steps)
-        if margin > 0.004 and 0 < skips < steps - 2:
-            print("FBC threshold", t, "skips", skips)
-            return t
-    raise RuntimeError("no FBC threshold with a margin")
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="tests/cases")
@@ -325,7 +270,7 @@ def main():
               "unconditional_batch_timestep_skip_range": [-1, 641], "tensor_format": "BCFHW"}
     denoise_case(args.out, "latte_fastercache", latte, 12, 6.0, seed=64, cache=faster)
     inputs = denoise_inputs(latte, FRAMES, HEIGHT, WIDTH, TEXT, seed=65)
-    t = fbc_threshold(latte, inputs, 12, 6.0)
+    t = fbc_thresholds(latte, inputs, 12, 6.0, run_pipeline)[0]
     denoise_case(args.out, "latte_fbc", latte, 12, 6.0, seed=65, inputs=inputs,
                  cache={"type": "first_block_cache", "threshold": t})
 
