@@ -1,6 +1,6 @@
 //! `ditcache bench`: the uncached baseline and a list of strategies, timed and compared on one model.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use burn::tensor::{backend::Backend, Tensor};
@@ -164,7 +164,8 @@ pub fn run<B: Backend>(
     let input = model.bench_inputs(opts, device);
     let work = model.work_model();
     let host = model.host_info();
-    let kind_of = |name: &str| host.sites.iter().find(|s| s.to_string() == name).map_or(AttentionKind::Spatial, |s| s.kind);
+    let kinds: HashMap<String, AttentionKind> = host.sites.iter().map(|s| (s.to_string(), s.kind)).collect();
+    let kind_of = |name: &str| kinds.get(name).copied().unwrap_or(AttentionKind::Spatial);
     let total = (1 + (strategies.len() + 1) * opts.repeats) as u64;
     let bar = if opts.progress { ProgressBar::new(total) } else { ProgressBar::hidden() };
     bar.set_style(ProgressStyle::with_template("{msg:>14} {bar:30} {pos}/{len} generations [{elapsed_precise}<{eta_precise}]").expect("template"));

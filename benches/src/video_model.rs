@@ -102,7 +102,7 @@ impl<B: Backend> VideoModel<B> {
         match self {
             Self::CogVideoX { model, .. } => {
                 let c = &model.config;
-                let frames = (c.sample_frames - 1) / c.temporal_compression_ratio + 1;
+                let frames = c.latent_frames();
                 let tokens = c.max_text_seq_length + frames * (c.sample_height / c.patch_size) * (c.sample_width / c.patch_size);
                 WorkModel { num_blocks: c.num_layers, attention_share: model.attention_share(tokens) }
             }
@@ -122,7 +122,7 @@ impl<B: Backend> VideoModel<B> {
         let (latents, text) = match self {
             Self::CogVideoX { model, .. } => {
                 let c = &model.config;
-                let frames = (c.sample_frames - 1) / c.temporal_compression_ratio + 1;
+                let frames = c.latent_frames();
                 ([1, frames, c.in_channels, c.sample_height, c.sample_width], [1, c.max_text_seq_length, c.text_embed_dim])
             }
             Self::Latte(p) => {

@@ -395,20 +395,8 @@ impl<B: Backend> CogVideoXTransformer3DModel<B> {
 
     fn check(&self, x: &ForwardInput<B>, positions: &Positions<B>) -> Result<()> {
         let cfg = &self.config;
-        let [b, f, c, h, w] = x.hidden_states.dims();
-        let [eb, _, ed] = x.encoder_hidden_states.dims();
-        if c != cfg.in_channels {
-            return Err(ModelError::Shape(format!("hidden_states has {c} channels, config in_channels is {}", cfg.in_channels)));
-        }
-        if eb != b || ed != cfg.text_embed_dim {
-            return Err(ModelError::Shape(format!(
-                "encoder_hidden_states is [{eb}, _, {ed}], expected [{b}, _, {}]",
-                cfg.text_embed_dim
-            )));
-        }
-        if x.timestep.len() != b {
-            return Err(ModelError::Shape(format!("{} timesteps for a batch of {b}", x.timestep.len())));
-        }
+        x.check_common(2, cfg.in_channels, cfg.text_embed_dim)?;
+        let [_, f, _, h, w] = x.hidden_states.dims();
         let p = cfg.patch_size;
         if h % p != 0 || w % p != 0 || positions.tokens() != f * (h / p) * (w / p) {
             return Err(ModelError::Shape(format!(

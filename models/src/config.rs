@@ -142,6 +142,11 @@ impl CogVideoXConfig {
         self.num_attention_heads * self.attention_head_dim
     }
 
+    /// Latent frames of a `sample_frames` video (the VAE's temporal compression, as the pipeline computes it).
+    pub fn latent_frames(&self) -> usize {
+        (self.sample_frames - 1) / self.temporal_compression_ratio + 1
+    }
+
     /// Output channels (`out_channels`, or `in_channels` when null, as diffusers' pipelines assume).
     pub fn out_channels(&self) -> usize {
         self.out_channels.unwrap_or(self.in_channels)

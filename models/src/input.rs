@@ -22,6 +22,26 @@ pub struct ForwardInput<B: Backend> {
     pub timestep: Vec<f32>,
 }
 
+impl<B: Backend> ForwardInput<B> {
+    /// The checks every model makes the same way: the latents' channels (dimension `channel_dim`), the prompt
+    /// batch and width, one timestep per sample.
+    pub(crate) fn check_common(&self, channel_dim: usize, in_channels: usize, text_dim: usize) -> Result<()> {
+        let dims = self.hidden_states.dims();
+        let (b, c) = (dims[0], dims[channel_dim]);
+        let [eb, _, ed] = self.encoder_hidden_states.dims();
+        if c != in_channels {
+            return Err(ModelError::Shape(format!("hidden_states has {c} channels, config in_channels is {in_channels}")));
+        }
+        if eb != b || ed != text_dim {
+            return Err(ModelError::Shape(format!("encoder_hidden_states is [{eb}, _, {ed}], expected [{b}, _, {text_dim}]")));
+        }
+        if self.timestep.len() != b {
+            return Err(ModelError::Shape(format!("{} timesteps for a batch of {b}", self.timestep.len())));
+        }
+        Ok(())
+    }
+}
+
 /// Cuts a CFG batch to its conditional half, for a strategy that rebuilds the other half.
 pub(crate) fn cond_half<B: Backend>(input: ForwardInput<B>, ctx: &CallContext) -> Result<(ForwardInput<B>, CallContext)> {
     let Some((rows, ctx)) = ctx.cond_half() else {

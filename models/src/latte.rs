@@ -214,11 +214,12 @@ impl<B: Backend> BasicTransformerBlock<B> {
     }
 }
 
-/// The video stream of a site's output, checked against the shape the model continues with.
-fn checked<B: Backend>(out: JointStates<B>, dims: [usize; 3], site: &AttentionSite) -> Result<Tensor<B, 3>> {
+/// The video stream of what a strategy handed back (at an attention site or for the block stack), checked
+/// against the shape the model continues with.
+fn checked<B: Backend>(out: JointStates<B>, dims: [usize; 3], at: &dyn std::fmt::Display) -> Result<Tensor<B, 3>> {
     if out.hidden.dims() != dims {
         return Err(ModelError::Strategy(format!(
-            "{site}: the strategy's output has shape {:?}, the model needs {dims:?}",
+            "{at}: the strategy's output has shape {:?}, the model needs {dims:?}",
             out.hidden.dims()
         )));
     }
@@ -368,20 +369,8 @@ impl<B: Backend> LatteTransformer3DModel<B> {
 
     fn check(&self, x: &ForwardInput<B>, positions: &LattePositions<B>) -> Result<()> {
         let cfg = &self.config;
-        let [b, c, f, h, w] = x.hidden_states.dims();
-        let [eb, _, ed] = x.encoder_hidden_states.dims();
-        if c != cfg.in_channels() {
-            return Err(ModelError::Shape(format!("hidden_states has {c} channels, config in_channels is {}", cfg.in_channels())));
-        }
-        if eb != b || ed != cfg.caption_channels() {
-            return Err(ModelError::Shape(format!(
-                "encoder_hidden_states is [{eb}, _, {ed}], expected [{b}, _, {}]",
-                cfg.caption_channels()
-            )));
-        }
-        if x.timestep.len() != b {
-            return Err(ModelError::Shape(format!("{} timesteps for a batch of {b}", x.timestep.len())));
-        }
+        x.check_common(1, cfg.in_channels(), cfg.caption_channels())?;
+        let [_, _, f, h, w] = x.hidden_states.dims();
         let p = cfg.patch_size();
         if h % p != 0 || w % p != 0 || positions.grid != (f, h / p, w / p) {
             return Err(ModelError::Shape(format!(
@@ -447,7 +436,6 @@ impl<B: Backend> LatteTransformer3DModel<B> {
         let cross = CrossContext { text: text.unsqueeze_dim::<4>(1).repeat_dim(1, f).reshape([b * f, s, d]) };
 
         // 4. Spatial and temporal blocks, interleaved; the first spatial block is the head
-        let pairs: Vec<_> = self.transformer_blocks.iter().zip(&self.temporal_transformer_blocks).collect();
         let temporal = |s: &mut S, i: usize, x: Tensor<B, 3>| -> Result<Tensor<B, 3>> {
             let mut y = transpose_tokens(x, f, np);
             if let (0, Some(table)) = (i, &positions.temporal) {
@@ -456,9 +444,9 @@ impl<B: Backend> LatteTransformer3DModel<B> {
             let y = self.temporal_transformer_blocks[i].forward(y, np, &mods, None, ctx, s)?;
             Ok(transpose_tokens(y, np, f))
         };
-        let x = match pairs.split_first() {
+        let x = match self.transformer_blocks.split_first() {
             None => x,
-            Some(((head, _), rest)) => {
+            Some((head, rest)) => {
                 let out = block_stack(
                     strategy,
                     ctx,
@@ -466,21 +454,14 @@ impl<B: Backend> LatteTransformer3DModel<B> {
                     |s, x| Ok(JointStates::single(head.forward(x.hidden, f, &mods, Some(&cross), ctx, s)?)),
                     |s, x| {
                         let mut y = temporal(s, 0, x.hidden)?;
-                        for (i, (spatial, _)) in rest.iter().enumerate() {
+                        for (i, spatial) in rest.iter().enumerate() {
                             y = spatial.forward(y, f, &mods, Some(&cross), ctx, s)?;
                             y = temporal(s, i + 1, y)?;
                         }
                         Ok(JointStates::single(y))
                     },
                 )?;
-                if out.hidden.dims() != [b, f * np, d] {
-                    return Err(ModelError::Strategy(format!(
-                        "the block stack's output has shape {:?}, the model needs {:?}",
-                        out.hidden.dims(),
-                        [b, f * np, d]
-                    )));
-                }
-                out.hidden
+                checked(out, [b, f * np, d], &"the block stack")?
             }
         };
 

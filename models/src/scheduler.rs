@@ -89,8 +89,9 @@ impl CogVideoXDDIMSchedulerConfig {
     }
 }
 
+/// What the model predicts (`prediction_type`), validated once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Prediction {
+pub(crate) enum Prediction {
     Epsilon,
     Sample,
     V,
@@ -226,6 +227,11 @@ impl CogVideoXDDIMScheduler {
     /// `scale_model_input`: the identity for DDIM.
     pub fn scale_model_input<B: Backend, const D: usize>(&self, sample: Tensor<B, D>, _t: i64) -> Tensor<B, D> {
         sample
+    }
+
+    /// The validated `prediction_type`.
+    pub(crate) fn prediction(&self) -> Prediction {
+        self.prediction
     }
 
     /// `(alphas_cumprod[t], alphas_cumprod[prev])` of a step from `t` to `t - num_train_timesteps / steps`

@@ -14,7 +14,7 @@ use burn::tensor::{backend::Backend, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
-use crate::scheduler::{CogVideoXDDIMScheduler, CogVideoXDDIMSchedulerConfig};
+use crate::scheduler::{CogVideoXDDIMScheduler, CogVideoXDDIMSchedulerConfig, Prediction};
 
 /// `scheduler_config.json` of `DDIMScheduler`, with diffusers' field names and defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -166,10 +166,10 @@ impl DDIMScheduler {
         let (a_t, a_prev) = self.schedule.alpha_pair(t)?;
         let beta_t = 1.0 - a_t;
         let (sa, sb) = (a_t.sqrt() as f32, beta_t.sqrt() as f32);
-        let (x0, eps) = match self.config.prediction_type.as_str() {
-            "epsilon" => ((sample.clone() - model_output.clone() * sb) / sa, model_output),
-            "sample" => (model_output.clone(), (sample - model_output * sa) / sb),
-            _ => (sample.clone() * sa - model_output.clone() * sb, model_output * sa + sample * sb),
+        let (x0, eps) = match self.schedule.prediction() {
+            Prediction::Epsilon => ((sample.clone() - model_output.clone() * sb) / sa, model_output),
+            Prediction::Sample => (model_output.clone(), (sample - model_output * sa) / sb),
+            Prediction::V => (sample.clone() * sa - model_output.clone() * sb, model_output * sa + sample * sb),
         };
         let x0 = if self.config.clip_sample {
             let r = self.config.clip_sample_range;

@@ -412,7 +412,7 @@ fn forward(p: &str, batch: usize, repeats: usize, seed: u64) -> Result<ExitCode,
     let device = backend::device();
     let model = CogVideoXTransformer3DModel::<Backend>::load(&cfg, &mut WeightSource::random(seed), &device)
         .map_err(|e| e.to_string())?;
-    let frames = (cfg.sample_frames - 1) / cfg.temporal_compression_ratio + 1;
+    let frames = cfg.latent_frames();
     let (h, w) = (cfg.sample_height, cfg.sample_width);
     let positions = model.positions(frames, h, w, &device).map_err(|e| e.to_string())?;
     let hidden = Tensor::<Backend, 5>::random([batch, frames, cfg.in_channels, h, w], Distribution::Normal(0.0, 1.0), &device);
