@@ -51,6 +51,9 @@ pub struct CaseReport {
     pub decisions_match: Option<bool>,
     /// Whether the case passed.
     pub pass: bool,
+    /// The backend's precision floor, when it raised the case's tolerance (`crate::backend::TOLERANCE_FLOOR`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tolerance_floor: Option<f64>,
     /// Why the case failed without a number, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -94,15 +97,19 @@ pub fn expand_case_dirs(args: &[PathBuf]) -> Vec<PathBuf> {
 pub fn run_case<B: Backend>(dir: &Path, device: &B::Device) -> CaseReport {
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| dir.display().to_string());
     match try_run_case::<B>(dir, device) {
-        Ok((kind, err, tol, decisions_match)) => CaseReport {
-            case: name,
-            kind,
-            rel_l2: Some(err),
-            tolerance: Some(tol),
-            decisions_match,
-            pass: err <= tol && decisions_match != Some(false),
-            error: None,
-        },
+        Ok((kind, err, tol, decisions_match)) => {
+            let floor = crate::backend::TOLERANCE_FLOOR;
+            CaseReport {
+                case: name,
+                kind,
+                rel_l2: Some(err),
+                tolerance: Some(tol),
+                decisions_match,
+                pass: err <= tol.max(floor) && decisions_match != Some(false),
+                tolerance_floor: (floor > tol).then_some(floor),
+                error: None,
+            }
+        }
         Err(e) => CaseReport {
             case: name,
             kind: "unknown".into(),
@@ -110,6 +117,7 @@ pub fn run_case<B: Backend>(dir: &Path, device: &B::Device) -> CaseReport {
             tolerance: None,
             decisions_match: None,
             pass: false,
+            tolerance_floor: None,
             error: Some(e),
         },
     }

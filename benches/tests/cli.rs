@@ -26,6 +26,8 @@ fn parity_reports_each_case_and_fails_on_an_unreadable_one() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/cases");
     let ok = ditcache().args(["parity", &format!("{root}/forward_sincos"), &format!("{root}/fbc_1")]).output().unwrap();
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let summary = format!("parity on {}: 2 passed, 0 failed", benches::backend::NAME);
+    assert!(String::from_utf8_lossy(&ok.stderr).contains(&summary), "{}", String::from_utf8_lossy(&ok.stderr));
     let lines: Vec<serde_json::Value> =
         String::from_utf8(ok.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2);
@@ -61,4 +63,38 @@ fn config_files_round_trip_in_json_and_toml() {
     assert_eq!(CacheConfig::from_file(&json_path).unwrap(), cfg);
     std::fs::write(&json_path, r#"{"type": "first_block_cache", "threshold": -1}"#).unwrap();
     assert!(matches!(CacheConfig::from_file(&json_path), Err(cache_core::ConfigError::Negative { .. })));
+}
+
+#[test]
+fn latent_size_reaches_the_run_and_the_exported_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let none = dir.path().join("none.json");
+    std::fs::write(&none, r#"{"type": "none"}"#).unwrap();
+    let export = dir.path().join("export");
+    let out = ditcache()
+        .args(["bench", "--model", "s", "--latent-size", "2,4,6", "--steps", "1", "--repeats", "1", "--strategy"])
+        .arg(&none)
+        .arg("--export")
+        .arg(&export)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(export.join("transformer/config.json")).unwrap()).unwrap();
+    // 2 latent frames = (2 - 1)·4 + 1 video frames (the VAE's temporal compression of 4).
+    assert_eq!((cfg["sample_frames"].as_u64(), cfg["sample_height"].as_u64(), cfg["sample_width"].as_u64()), (Some(5), Some(4), Some(6)));
+    let inputs = models::weights::read_safetensors(&export.join("inputs.safetensors")).unwrap();
+    assert_eq!(inputs["latents"].shape, vec![1, 2, 16, 4, 6]);
+
+    for (args, expected) in [
+        (vec!["--model", "s", "--latent-size", "2,4"], "FRAMES,HEIGHT,WIDTH"),
+        (vec!["--model", "s", "--latent-size", "0,4,4"], "FRAMES,HEIGHT,WIDTH"),
+        (vec!["--model", "latte", "--latent-size", "2,4,6"], "square"),
+        (vec!["--model", "shapes", "--latent-size", "2,4,4"], "preset models"),
+    ] {
+        let out = ditcache().arg("bench").args(&args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
 }

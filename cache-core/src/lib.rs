@@ -18,10 +18,12 @@
 //! [`Stack`] composes strategies; [`StateMap`] keeps state per site and per branch context;
 //! [`MemoryLedger`] counts held bytes against an optional budget; [`CacheStats`] records decisions.
 //! [`attention_site`] and [`block_stack`] are the calls a model's forward makes at levels 2 and 3.
+//! [`contiguous_params`] stores a host model's weights in the layout GPU backends read correctly.
 
 mod config;
 mod context;
 mod hooks;
+mod layout;
 mod memory;
 mod stack;
 mod state;
@@ -34,6 +36,7 @@ pub use config::{
 };
 pub use context::{AttentionKind, AttentionSite, Branch, CallContext, CfgOrder, StepContext};
 pub use hooks::{attention_site, block_stack};
+pub use layout::contiguous_params;
 pub use memory::{joint_bytes, tensor_bytes, MemoryLedger};
 pub use stack::Stack;
 pub use state::StateMap;

@@ -7,7 +7,9 @@ use burn::tensor::{backend::Backend, Tensor};
 use crate::error::Result;
 use crate::weights::{Init, VarBuilder};
 
-/// `torch.nn.Linear`: `y = x Wᵀ + b`. The weight is kept transposed (`[d_in, d_out]`), as burn's `linear` wants.
+/// `torch.nn.Linear`: `y = x Wᵀ + b`. The weight is kept transposed (`[d_in, d_out]`), as burn's `linear` wants,
+/// and stored contiguous in that layout (transposed on the host at load, never a strided view: a view gives
+/// wrong results in burn-wgpu's fused gemv kernel, see `docs/backends.md`).
 #[derive(Module, Debug)]
 pub struct Linear<B: Backend> {
     /// `[d_in, d_out]` (PyTorch's `weight`, transposed at load).
@@ -22,9 +24,9 @@ impl<B: Backend> Linear<B> {
         let mut vb = vb.pp(name);
         let bound = 1.0 / (d_in as f64).sqrt();
         let weight = vb.host("weight", &[d_out, d_in], Init::Uniform(bound))?;
-        let weight: Tensor<B, 2> = weight.to_tensor(vb.device());
+        let weight: Tensor<B, 2> = weight.transposed().to_tensor(vb.device());
         let bias = if bias { Some(vb.param("bias", [d_out], Init::Uniform(bound))?) } else { None };
-        Ok(Self { weight: Param::from_tensor(weight.transpose()), bias })
+        Ok(Self { weight: Param::from_tensor(weight), bias })
     }
 
     /// Loads a `torch.nn.Conv2d` whose kernel equals its stride (a patch embedding) as the linear map it is:
@@ -41,8 +43,7 @@ impl<B: Backend> Linear<B> {
         let d_in = channels * patch * patch;
         let bound = 1.0 / (d_in as f64).sqrt();
         let weight = vb.host("weight", &[d_out, channels, patch, patch], Init::Uniform(bound))?;
-        let weight: Tensor<B, 4> = weight.to_tensor(vb.device());
-        let weight = weight.reshape([d_out, d_in]).transpose();
+        let weight: Tensor<B, 2> = weight.reshaped(&[d_out, d_in]).transposed().to_tensor(vb.device());
         let bias = if bias { Some(vb.param("bias", [d_out], Init::Uniform(bound))?) } else { None };
         Ok(Self { weight: Param::from_tensor(weight), bias })
     }

@@ -29,6 +29,32 @@ impl HostTensor {
         Tensor::from_data(TensorData::new(self.data.clone(), self.shape.clone()), device)
     }
 
+    /// The transpose of a 2-D tensor, materialised row-major (`[r, c]` → `[c, r]`).
+    ///
+    /// Weights are transposed here, on the host, rather than as a `transpose()` view on the device: a
+    /// strided right-hand side reaches burn-wgpu's fused gemv matmul kernel (cubek-matmul 0.2), which reads
+    /// it as row-major and returns wrong values (docs/backends.md).
+    ///
+    /// # Panics
+    /// If the tensor is not 2-D (a programming error: callers pass weights whose shape they checked).
+    pub fn transposed(&self) -> Self {
+        let [r, c] = self.shape[..] else { panic!("transposed() takes a 2-D tensor, got {:?}", self.shape) };
+        let mut data = Vec::with_capacity(r * c);
+        for j in 0..c {
+            data.extend((0..r).map(|i| self.data[i * c + j]));
+        }
+        Self { shape: vec![c, r], data }
+    }
+
+    /// The same values under another shape of as many elements (row-major, nothing moves).
+    ///
+    /// # Panics
+    /// If the element counts differ (a programming error).
+    pub fn reshaped(self, shape: &[usize]) -> Self {
+        assert_eq!(shape.iter().product::<usize>(), self.data.len(), "reshape {:?} → {shape:?}", self.shape);
+        Self { shape: shape.to_vec(), data: self.data }
+    }
+
     /// Reads a tensor back from a device.
     pub fn from_tensor<B: Backend, const D: usize>(t: Tensor<B, D>) -> Self {
         let shape = t.dims().to_vec();

@@ -6,6 +6,10 @@ and prompt embeddings, the same steps, guidance and strategies. Writes JSON for 
     python3 tools/reference/peer_timing.py /tmp/s-bench --threads 2 --out /tmp/diffusers.json
     cargo run --release -p benches --bin ditcache -- bench --compare /tmp/diffusers.json
 
+`--device cuda` runs diffusers on the GPU, each timed generation ending with `torch.cuda.synchronize()`; float32
+with TF32 off unless `--tf32` (burn 0.21's CUDA matmuls run float32 through tensor cores at TF32 precision, so
+`--tf32` is the like-for-like speed comparison); `tools/gpu/check.sh` uses it.
+
 A stack is applied as diffusers' hooks one after the other (apply_faster_cache, apply_first_block_cache,
 apply_pyramid_attention_broadcast), in the stack's order.
 """
@@ -67,17 +71,26 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="diffusers_timing.json")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--tf32", action="store_true",
+                    help="CUDA: allow TF32 in matrix products, the precision burn 0.21's CUDA matmuls run float32 at")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        # float32 by default; `--tf32` matches burn's CUDA matmuls (tensor cores at TF32, docs/backends.md).
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
+        torch.backends.cudnn.allow_tf32 = args.tf32
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     spec = json.load(open(os.path.join(args.dir, "bench.json")))
-    inputs = load_file(os.path.join(args.dir, "inputs.safetensors"))
+    inputs = {k: v.to(device) for k, v in load_file(os.path.join(args.dir, "inputs.safetensors")).items()}
     rows = []
     strategies = [{"strategy": "baseline", "cache": {"type": "none"}}] + spec["strategies"]
     warm = True
     for s in strategies:
         model = CogVideoXTransformer3DModel.from_pretrained(os.path.join(args.dir, "transformer"),
-                                                            torch_dtype=torch.float32).eval()
+                                                            torch_dtype=torch.float32).eval().to(device)
         pipe = CogVideoXPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=model,
                                  scheduler=CogVideoXDDIMScheduler(**SCHEDULER))
         pipe.set_progress_bar_config(disable=True)
@@ -99,10 +112,13 @@ def main():
         try:
             if warm:
                 gen()
+                sync()
                 warm = False
             for _ in range(args.repeats):
+                sync()
                 t0 = time.perf_counter()
                 gen()
+                sync()
                 times.append(time.perf_counter() - t0)
         except Exception as e:  # diffusers' hooks do not all compose (e.g. FasterCache with FBC)
             print(f"{s['strategy']}: failed in diffusers ({type(e).__name__}: {e})")
@@ -110,8 +126,9 @@ def main():
             continue
         rows.append({"strategy": s["strategy"], "time_s": statistics.median(times), "times": times})
         print(f"{s['strategy']}: {statistics.median(times):.2f} s")
-    out = {"impl": "diffusers", "torch": torch.__version__, "threads": args.threads, "machine": platform.processor()
-           or platform.machine(), "steps": spec["steps"], "repeats": args.repeats, "rows": rows}
+    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    out = {"impl": "diffusers", "torch": torch.__version__, "device": args.device, "tf32": args.tf32, "threads": args.threads,
+           "machine": machine, "steps": spec["steps"], "repeats": args.repeats, "rows": rows}
     with open(args.out, "w") as f:
         json.dump(out, f, indent=2)
     print("wrote", args.out)

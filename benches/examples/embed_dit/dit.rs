@@ -49,7 +49,10 @@ impl DiTConfig {
         B::seed(device, seed);
         let d = self.dim;
         let p2c = self.patch * self.patch * self.channels;
-        DiT {
+        // GPU backends: weights must be contiguous (a transposed view, e.g. PyTorch weights loaded with
+        // `LinearLayout::Col`, is read wrongly by burn-wgpu's batch-1 matmul); burn-nn's default layout already
+        // is, and `contiguous_params` makes sure whatever the loading did (docs/backends.md).
+        cache_core::contiguous_params(DiT {
             x_embedder: LinearConfig::new(p2c, d).init(device),
             t_embedder: [LinearConfig::new(256, d).init(device), LinearConfig::new(d, d).init(device)],
             y_embedder: EmbeddingConfig::new(self.num_classes + 1, d).init(device),
@@ -58,7 +61,7 @@ impl DiTConfig {
             ada_final: LinearConfig::new(d, 2 * d).init(device),
             linear_final: LinearConfig::new(d, p2c).init(device),
             config: self.clone(),
-        }
+        })
     }
 }
 
