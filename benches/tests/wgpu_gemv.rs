@@ -12,6 +12,7 @@
 //! llvmpipe — so that the burn upgrade that fixes it fails this test and says what to remove.
 #![cfg(feature = "wgpu")]
 
+use benches::parity::rel_l2;
 use burn::module::Param;
 use burn::tensor::{module::linear, Tensor, TensorData};
 use burn_wgpu::Wgpu;
@@ -24,12 +25,6 @@ const N: usize = 32;
 /// `x Wᵀ + b` in f64, `w` row-major `[N, K]` as PyTorch stores it.
 fn reference(x: &[f32], w: &[f32], b: &[f32]) -> Vec<f32> {
     (0..N).map(|j| (b[j] as f64 + (0..K).map(|i| x[i] as f64 * w[j * K + i] as f64).sum::<f64>()) as f32).collect()
-}
-
-fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum();
-    let den: f64 = b.iter().map(|b| (*b as f64).powi(2)).sum();
-    (num / den).sqrt()
 }
 
 struct Inputs {
