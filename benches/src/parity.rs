@@ -59,6 +59,14 @@ pub struct CaseReport {
     pub error: Option<String>,
 }
 
+/// The repository's `tests/cases`, found through the `benches` crate directory: `CARGO_MANIFEST_DIR` at run
+/// time when set (cargo sets it for tests; a binary run on another machine, as `tools/gpu/check.sh` can, is
+/// given it), else the directory this crate was built in.
+pub fn committed_cases_dir() -> PathBuf {
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+    crate_dir.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR"))).join("../tests/cases")
+}
+
 /// `||a - b|| / ||b||` over all elements.
 pub fn rel_l2(ours: &[f32], reference: &[f32]) -> f64 {
     let (mut num, mut den) = (0f64, 0f64);

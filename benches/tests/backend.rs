@@ -13,10 +13,8 @@
 #[allow(dead_code)]
 mod dit;
 
-use std::path::{Path, PathBuf};
-
 use benches::backend::{device, Backend as B, NAME, TOLERANCE_FLOOR};
-use benches::parity::{rel_l2, run_case};
+use benches::parity::{committed_cases_dir, rel_l2, run_case};
 use benches::video_model::VideoModel;
 use burn::tensor::{Int, Tensor, TensorData};
 use cache_core::{Branch, CallContext, Identity, StepContext};
@@ -29,19 +27,11 @@ fn row_tolerance() -> f64 {
     1e-5f64.max(TOLERANCE_FLOOR)
 }
 
-/// `tests/cases`, found through the crate directory: at run time when set (cargo sets it; a test binary run on
-/// another machine, as `tools/gpu/check.sh` can, is given it), else where this binary was built.
-fn cases_root() -> PathBuf {
-    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
-    crate_dir.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()).join("../tests/cases")
-}
-
 /// The first sample of a host tensor `[B, ...]`, as `[1, ...]`.
 fn first_row(t: &HostTensor) -> HostTensor {
     let mut shape = t.shape.clone();
     shape[0] = 1;
-    let n: usize = shape.iter().product();
-    HostTensor { shape, data: t.data[..n].to_vec() }
+    HostTensor { shape, data: row(t, 0).to_vec() }
 }
 
 fn cat_rows(a: &HostTensor, b: &HostTensor) -> HostTensor {
@@ -58,7 +48,7 @@ fn row(t: &HostTensor, i: usize) -> &[f32] {
 /// Runs a forward case's model on two samples (the case's input and one drawn from a seed) at two
 /// timesteps, batched and one by one; returns the two rows' rel_l2.
 fn batch_rows(case: &str) -> [f64; 2] {
-    let dir = cases_root().join(case);
+    let dir = committed_cases_dir().join(case);
     let dev = device();
     let model = VideoModel::<B>::from_dir(&dir, &dev).unwrap();
     let t = read_safetensors(&dir.join("case.safetensors")).unwrap();
@@ -140,7 +130,7 @@ fn generations_with_batch_1_calls_equal_diffusers() {
     ];
     let mut failures = Vec::new();
     for case in cases {
-        let report = run_case::<B>(&cases_root().join(case), &device());
+        let report = run_case::<B>(&committed_cases_dir().join(case), &device());
         println!("{NAME}: {}", serde_json::to_string(&report).unwrap());
         if !report.pass {
             failures.push(report);

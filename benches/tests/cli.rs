@@ -23,8 +23,8 @@ fn metrics_on_hand_derived_numbers() {
 
 #[test]
 fn parity_reports_each_case_and_fails_on_an_unreadable_one() {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/cases");
-    let ok = ditcache().args(["parity", &format!("{root}/forward_sincos"), &format!("{root}/fbc_1")]).output().unwrap();
+    let root = benches::parity::committed_cases_dir();
+    let ok = ditcache().arg("parity").arg(root.join("forward_sincos")).arg(root.join("fbc_1")).output().unwrap();
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     let summary = format!("parity on {}: 2 passed, 0 failed", benches::backend::NAME);
     assert!(String::from_utf8_lossy(&ok.stderr).contains(&summary), "{}", String::from_utf8_lossy(&ok.stderr));

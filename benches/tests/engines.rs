@@ -2,10 +2,8 @@
 //! state left over between generations, CFG halves swapped or run as separate passes, decisions pooled across
 //! a batch, degenerate configurations, memory budgets, and configurations the model cannot host.
 
-use std::path::{Path, PathBuf};
-
 use benches::backend::{device, Backend as B};
-use benches::parity::{load_denoise_case, rel_l2, DenoiseCase};
+use benches::parity::{committed_cases_dir, load_denoise_case, rel_l2, DenoiseCase};
 use benches::strategies::build;
 use burn::tensor::Tensor;
 use cache_core::{
@@ -17,8 +15,7 @@ use benches::video_model::VideoModel;
 use models::{CogVideoXDDIMScheduler, CogVideoXTransformer3DModel, DenoiseOptions, ForwardInput, HostTensor};
 
 fn case(name: &str) -> DenoiseCase<B> {
-    let dir: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/cases").join(name);
-    load_denoise_case::<B>(&dir, &device()).unwrap()
+    load_denoise_case::<B>(&committed_cases_dir().join(name), &device()).unwrap()
 }
 
 fn run(c: &mut DenoiseCase<B>, strategy: &mut dyn CacheStrategy<B>) -> Vec<f32> {

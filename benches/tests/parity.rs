@@ -1,18 +1,14 @@
 //! Every committed parity case passes against diffusers' numbers; a case whose reference is off fails.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use benches::backend::{device, Backend, TOLERANCE_FLOOR};
-use benches::parity::{expand_case_dirs, run_case};
+use benches::parity::{committed_cases_dir, expand_case_dirs, run_case};
 use models::weights::{read_safetensors, save_safetensors};
-
-fn cases_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/cases")
-}
 
 #[test]
 fn every_committed_case_passes() {
-    let cases = expand_case_dirs(&[cases_root()]);
+    let cases = expand_case_dirs(&[committed_cases_dir()]);
     assert!(cases.len() >= 22, "expected the committed cases, found {cases:?}");
     let mut failures = Vec::new();
     for dir in &cases {
@@ -42,7 +38,7 @@ fn copy_dir(src: &Path, dst: &Path) {
 fn a_perturbed_reference_fails_and_a_broken_case_reports_why() {
     let tmp = tempfile::tempdir().unwrap();
     let case = tmp.path().join("forward_sincos");
-    copy_dir(&cases_root().join("forward_sincos"), &case);
+    copy_dir(&committed_cases_dir().join("forward_sincos"), &case);
     let path = case.join("case.safetensors");
     let mut t = read_safetensors(&path).unwrap();
     // Relative noise on the expected sample of ten times the tolerance (1e-5, or the backend's precision floor

@@ -238,21 +238,27 @@ fn load_model(
         return Err(format!("the trained model is missing at {}", benches::shapes::shapes_dir().display()));
     }
     let mut weights = WeightSource::random(seed);
-    let model = match (preset(name)?, latent_size) {
-        (Preset::CogVideoX(cfg), None) => VideoModel::cogvideox(&cfg, &mut weights, device)?,
-        (Preset::CogVideoX(cfg), Some([f, h, w])) => {
-            let sample_frames = (f - 1) * cfg.temporal_compression_ratio + 1;
-            let cfg = CogVideoXConfig { sample_frames, sample_height: h, sample_width: w, ..cfg };
-            cfg.validate().map_err(|e| format!("--latent-size: {e}"))?;
-            VideoModel::cogvideox(&cfg, &mut weights, device)?
+    // The model's load validates the config; a resized one's errors name the option.
+    let sized = |e: String| if latent_size.is_some() { format!("--latent-size: {e}") } else { e };
+    let model = match preset(name)? {
+        Preset::CogVideoX(cfg) => {
+            let cfg = match latent_size {
+                Some([f, h, w]) => {
+                    let sample_frames = (f - 1) * cfg.temporal_compression_ratio + 1;
+                    CogVideoXConfig { sample_frames, sample_height: h, sample_width: w, ..cfg }
+                }
+                None => cfg,
+            };
+            VideoModel::cogvideox(&cfg, &mut weights, device).map_err(sized)?
         }
-        (Preset::Latte(cfg), None) => VideoModel::latte(&cfg, &mut weights, device)?,
-        (Preset::Latte(cfg), Some([f, h, w])) if h == w => {
-            let cfg = LatteConfig { video_length: f, sample_size: h, ..cfg };
-            cfg.validate().map_err(|e| format!("--latent-size: {e}"))?;
-            VideoModel::latte(&cfg, &mut weights, device)?
+        Preset::Latte(cfg) => {
+            let cfg = match latent_size {
+                Some([f, h, w]) if h == w => LatteConfig { video_length: f, sample_size: h, ..cfg },
+                Some(_) => return Err("--latent-size: Latte's sample size is square (HEIGHT = WIDTH)".into()),
+                None => cfg,
+            };
+            VideoModel::latte(&cfg, &mut weights, device).map_err(sized)?
         }
-        (Preset::Latte(_), Some(_)) => return Err("--latent-size: Latte's sample size is square (HEIGHT = WIDTH)".into()),
     };
     Ok((model, weights))
 }
