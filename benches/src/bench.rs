@@ -3,11 +3,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::Tensor;
 use cache_core::{AttentionKind, CacheConfig, CacheStats, Decision, FasterCacheConfig, FirstBlockCacheConfig, HostInfo, Identity, Preset,
     PyramidAttentionBroadcastConfig};
 use indicatif::{ProgressBar, ProgressStyle};
-use models::{DenoiseInput, DenoiseOptions, HostTensor};
+use models::{DenoiseInput, DenoiseOptions, HostTensor, ModelBackend};
 use serde::{Deserialize, Serialize};
 
 use crate::parity::rel_l2;
@@ -132,7 +132,7 @@ pub struct BenchOptions {
 }
 
 /// One generation with a strategy (`None`: uncached): final latents, stats, peak bytes, seconds.
-pub fn generate<B: Backend>(
+pub fn generate<B: ModelBackend>(
     model: &mut VideoModel<B>,
     input: &DenoiseInput<B>,
     config: Option<&CacheConfig>,
@@ -151,7 +151,7 @@ pub fn generate<B: Backend>(
 }
 
 /// Runs the baseline and each strategy `repeats` times (after one warm-up generation) and builds the report.
-pub fn run<B: Backend>(
+pub fn run<B: ModelBackend>(
     model: &mut VideoModel<B>,
     model_name: &str,
     strategies: &[(String, CacheConfig)],

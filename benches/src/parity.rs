@@ -5,10 +5,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::Backend;
 use cache_core::{CacheConfig, StepTrace};
 use models::weights::read_safetensors;
-use models::{DenoiseInput, DenoiseOptions, ForwardInput, HostTensor};
+use models::{DenoiseInput, DenoiseOptions, ForwardInput, HostTensor, ModelBackend};
 
 use crate::video_model::VideoModel;
 use serde::{Deserialize, Serialize};
@@ -102,7 +101,7 @@ pub fn expand_case_dirs(args: &[PathBuf]) -> Vec<PathBuf> {
 }
 
 /// Runs one case; never panics on a bad case, reporting the reason instead.
-pub fn run_case<B: Backend>(dir: &Path, device: &B::Device) -> CaseReport {
+pub fn run_case<B: ModelBackend>(dir: &Path, device: &B::Device) -> CaseReport {
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| dir.display().to_string());
     match try_run_case::<B>(dir, device) {
         Ok((kind, err, tol, decisions_match)) => {
@@ -133,7 +132,7 @@ pub fn run_case<B: Backend>(dir: &Path, device: &B::Device) -> CaseReport {
 
 type Outcome = (String, f64, f64, Option<bool>);
 
-fn try_run_case<B: Backend>(dir: &Path, device: &B::Device) -> Result<Outcome, String> {
+fn try_run_case<B: ModelBackend>(dir: &Path, device: &B::Device) -> Result<Outcome, String> {
     let spec = read_spec(dir)?;
     let tol = spec.tolerance.rel_l2;
     match spec.kind.as_str() {
@@ -155,7 +154,7 @@ fn take<'a>(tensors: &'a BTreeMap<String, HostTensor>, name: &str) -> Result<&'a
     tensors.get(name).ok_or_else(|| format!("case.safetensors has no `{name}`"))
 }
 
-fn run_forward<B: Backend>(
+fn run_forward<B: ModelBackend>(
     model: &VideoModel<B>,
     tensors: &BTreeMap<String, HostTensor>,
     device: &B::Device,
@@ -178,7 +177,7 @@ fn run_forward<B: Backend>(
 }
 
 /// A denoise case, loaded: the model, its scheduler, the inputs, the cache configuration and the reference.
-pub struct DenoiseCase<B: Backend> {
+pub struct DenoiseCase<B: ModelBackend> {
     /// The transformer and its scheduler (from `scheduler/scheduler_config.json`).
     pub model: VideoModel<B>,
     /// What the generation starts from.
@@ -199,11 +198,11 @@ fn read_spec(dir: &Path) -> Result<CaseSpec, String> {
 }
 
 /// Loads a denoise case directory.
-pub fn load_denoise_case<B: Backend>(dir: &Path, device: &B::Device) -> Result<DenoiseCase<B>, String> {
+pub fn load_denoise_case<B: ModelBackend>(dir: &Path, device: &B::Device) -> Result<DenoiseCase<B>, String> {
     load_denoise_spec(dir, &read_spec(dir)?, device)
 }
 
-fn load_denoise_spec<B: Backend>(dir: &Path, spec: &CaseSpec, device: &B::Device) -> Result<DenoiseCase<B>, String> {
+fn load_denoise_spec<B: ModelBackend>(dir: &Path, spec: &CaseSpec, device: &B::Device) -> Result<DenoiseCase<B>, String> {
     if spec.kind != "denoise" {
         return Err(format!("{} is a {:?} case", dir.display(), spec.kind));
     }
@@ -242,7 +241,7 @@ fn load_denoise_spec<B: Backend>(dir: &Path, spec: &CaseSpec, device: &B::Device
     Ok(DenoiseCase { model, input, cache, expected, trace })
 }
 
-fn run_denoise<B: Backend>(dir: &Path, spec: &CaseSpec, device: &B::Device) -> Result<(f64, Option<bool>), String> {
+fn run_denoise<B: ModelBackend>(dir: &Path, spec: &CaseSpec, device: &B::Device) -> Result<(f64, Option<bool>), String> {
     let mut case = load_denoise_spec::<B>(dir, spec, device)?;
     let mut strategy =
         crate::strategies::build::<B>(&case.cache, &case.model.host_info()).map_err(|e| e.to_string())?;

@@ -4,7 +4,7 @@
 //! engine is then combined with the others (every subset of two or three); the three fastest passing
 //! configurations are timed again (median of `confirm` runs) and the fastest wins.
 
-use burn::tensor::backend::Backend;
+use models::ModelBackend;
 use cache_core::{CacheConfig, FasterCacheConfig, HostInfo, FirstBlockCacheConfig, PyramidAttentionBroadcastConfig, WeightSchedule};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -72,7 +72,7 @@ fn grid(host: &HostInfo) -> Vec<Vec<CacheConfig>> {
 }
 
 /// Runs the search; returns every candidate evaluated (fastest passing first) and the baseline time.
-pub fn tune<B: Backend>(
+pub fn tune<B: ModelBackend>(
     model: &mut VideoModel<B>,
     opts: &BenchOptions,
     target: Target,

@@ -3,13 +3,13 @@
 
 use std::path::Path;
 
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::Tensor;
 use cache_core::{Branch, CacheStrategy, CallContext, HostInfo, Identity, StepContext, WorkModel};
 use models::weights::randn;
 use models::{
     denoise, CogVideoXConfig, CogVideoXDDIMScheduler, CogVideoXDDIMSchedulerConfig, CogVideoXTransformer3DModel,
     DDIMScheduler, DDIMSchedulerConfig, DenoiseInput, DenoiseOptions, ForwardInput, LatteConfig, LattePipeline,
-    LatteTransformer3DModel, WeightSource,
+    LatteTransformer3DModel, ModelBackend, WeightSource,
 };
 
 use crate::bench::BenchOptions;
@@ -19,7 +19,7 @@ pub const LATTE_BENCH_TEXT_TOKENS: usize = 16;
 
 /// A transformer and its scheduler, of either family.
 #[derive(Debug)]
-pub enum VideoModel<B: Backend> {
+pub enum VideoModel<B: ModelBackend> {
     /// `CogVideoXTransformer3DModel` with `CogVideoXDDIMScheduler` (`CogVideoXPipeline`).
     CogVideoX {
         /// The transformer.
@@ -31,7 +31,7 @@ pub enum VideoModel<B: Backend> {
     Latte(LattePipeline<B>),
 }
 
-impl<B: Backend> VideoModel<B> {
+impl<B: ModelBackend> VideoModel<B> {
     /// Loads a diffusers directory: a pipeline directory (`transformer/`, optional `scheduler/`) or a model
     /// directory. The family comes from `config.json`'s `_class_name`; without a scheduler config, the
     /// family's published one is used (CogVideoX-2b's, Latte-1's).

@@ -98,3 +98,30 @@ fn latent_size_reaches_the_run_and_the_exported_config() {
         assert!(err.contains(expected), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn forward_profile_counts_each_operation_of_the_s_model() {
+    // S: 6 blocks. Linear layers: per block 2 adaLN projections + q, k, v, out + the feed-forward's second
+    // half = 7, plus the time embedding (2), patch and text projections (2), norm_out and proj_out (2): 48.
+    // Per block one attention, one fused linear+GELU, the q and k norms, and 2 norms × 2 streams modulated;
+    // then norm_final (plain) and norm_out (modulated).
+    let want = [("linear", 48.0), ("linear+gelu", 6.0), ("attention", 6.0), ("layer_norm", 13.0), ("layer_norm+modulate", 25.0)];
+    let own = if benches::backend::NAME == "ndarray" { "cpu-kernels" } else { "generic" };
+    for (flag, path) in [(None, own), (Some("--generic-ops"), "generic")] {
+        let mut cmd = ditcache();
+        cmd.args(["forward", "--preset", "s", "--repeats", "1", "--profile"]);
+        cmd.args(flag);
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(json["ops_path"], path);
+        if benches::backend::NAME != "ndarray" {
+            continue; // only the synchronous CPU backend records per-operation times
+        }
+        for (op, calls) in want {
+            assert_eq!(json["ops"][op]["calls_per_forward"], calls, "{op} ({path}): {json}");
+            assert!(json["ops"][op]["ms_per_forward"].as_f64().unwrap() > 0.0, "{op}: {json}");
+        }
+        assert!(String::from_utf8_lossy(&out.stderr).contains("layer_norm+modulate"));
+    }
+}

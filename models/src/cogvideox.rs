@@ -7,8 +7,6 @@
 
 use burn::module::Module;
 use burn::tensor::activation::silu;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use cache_core::{
     attention_site, block_stack, AttentionKind, AttentionSite, CacheStrategy, CallContext,
@@ -16,10 +14,11 @@ use cache_core::{
 };
 
 use crate::config::CogVideoXConfig;
-use crate::input::{denoiser_call, ForwardInput};
 use crate::embeddings;
 use crate::error::{ModelError, Result};
+use crate::input::{denoiser_call, ForwardInput};
 use crate::nn::{FeedForward, LayerNorm, Linear, TimestepEmbedding};
+use crate::ops::ModelBackend;
 use crate::weights::{VarBuilder, WeightSource};
 
 /// Positional information for one input size, computed once per generation
@@ -57,7 +56,7 @@ pub struct CogVideoXPatchEmbed<B: Backend> {
     pub patch_size: usize,
 }
 
-impl<B: Backend> CogVideoXPatchEmbed<B> {
+impl<B: ModelBackend> CogVideoXPatchEmbed<B> {
     fn load(vb: &mut VarBuilder<'_, B>, cfg: &CogVideoXConfig) -> Result<Self> {
         let d = cfg.inner_dim();
         Ok(Self {
@@ -99,7 +98,7 @@ struct Modulated<B: Backend> {
     enc_gate: Tensor<B, 3>,
 }
 
-impl<B: Backend> CogVideoXLayerNormZero<B> {
+impl<B: ModelBackend> CogVideoXLayerNormZero<B> {
     fn load(vb: &mut VarBuilder<'_, B>, name: &str, cfg: &CogVideoXConfig) -> Result<Self> {
         let mut vb = vb.pp(name);
         let d = cfg.inner_dim();
@@ -113,8 +112,8 @@ impl<B: Backend> CogVideoXLayerNormZero<B> {
         let mods = self.linear.forward(silu(temb.clone())).unsqueeze_dim::<3>(1).chunk(6, 2);
         let [shift, scale, gate, enc_shift, enc_scale, enc_gate]: [Tensor<B, 3>; 6] =
             mods.try_into().expect("six chunks");
-        let hidden = self.norm.forward(hidden.clone()) * (scale + 1.0) + shift;
-        let encoder = self.norm.forward(encoder.clone()) * (enc_scale + 1.0) + enc_shift;
+        let hidden = self.norm.forward_modulated(hidden.clone(), scale, shift);
+        let encoder = self.norm.forward_modulated(encoder.clone(), enc_scale, enc_shift);
         Modulated { states: JointStates::joint(hidden, encoder), gate, enc_gate }
     }
 }
@@ -139,7 +138,7 @@ pub struct CogVideoXAttention<B: Backend> {
     pub heads: usize,
 }
 
-impl<B: Backend> CogVideoXAttention<B> {
+impl<B: ModelBackend> CogVideoXAttention<B> {
     fn load(vb: &mut VarBuilder<'_, B>, cfg: &CogVideoXConfig) -> Result<Self> {
         let d = cfg.inner_dim();
         let hd = cfg.attention_head_dim;
@@ -173,7 +172,7 @@ impl<B: Backend> CogVideoXAttention<B> {
             Positions::Rotary { cos, sin } => (rope_video(q, s, cos, sin), rope_video(k, s, cos, sin)),
             Positions::SinCos(_) => (q, k),
         };
-        let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
+        let out = <B as ModelBackend>::attention(q, k, v);
         let out = self.to_out.forward(out.swap_dims(1, 2).reshape([b, l, d]));
         JointStates::joint(out.clone().narrow(1, s, l - s), out.narrow(1, 0, s))
     }
@@ -208,7 +207,7 @@ pub struct CogVideoXBlock<B: Backend> {
     pub index: usize,
 }
 
-impl<B: Backend> CogVideoXBlock<B> {
+impl<B: ModelBackend> CogVideoXBlock<B> {
     fn load(vb: &mut VarBuilder<'_, B>, index: usize, cfg: &CogVideoXConfig) -> Result<Self> {
         let mut vb = vb.pp(index);
         Ok(Self {
@@ -272,13 +271,13 @@ pub struct AdaLayerNorm<B: Backend> {
     pub norm: LayerNorm<B>,
 }
 
-impl<B: Backend> AdaLayerNorm<B> {
+impl<B: ModelBackend> AdaLayerNorm<B> {
     /// # Shapes
     /// `x`: `[B, N, D]`, `temb`: `[B, time_embed_dim]` → `[B, N, D]`
     pub fn forward(&self, x: Tensor<B, 3>, temb: &Tensor<B, 2>) -> Tensor<B, 3> {
         let mods = self.linear.forward(silu(temb.clone())).unsqueeze_dim::<3>(1).chunk(2, 2);
         let [shift, scale]: [Tensor<B, 3>; 2] = mods.try_into().expect("two chunks");
-        self.norm.forward(x) * (scale + 1.0) + shift
+        self.norm.forward_modulated(x, scale, shift)
     }
 }
 
@@ -302,7 +301,7 @@ pub struct CogVideoXTransformer3DModel<B: Backend> {
     pub config: CogVideoXConfig,
 }
 
-impl<B: Backend> CogVideoXTransformer3DModel<B> {
+impl<B: ModelBackend> CogVideoXTransformer3DModel<B> {
     /// Builds the model from a weight source (a checkpoint, or random weights from a seed), checking every
     /// weight's name and shape; a checkpoint with weights the model does not use is refused.
     pub fn load(config: &CogVideoXConfig, weights: &mut WeightSource, device: &B::Device) -> Result<Self> {

@@ -17,8 +17,6 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::activation::silu;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use cache_core::{
     attention_site, block_stack, AttentionKind, AttentionSite, CacheStrategy, CallContext, HostInfo,
@@ -30,6 +28,7 @@ use crate::error::{ModelError, Result};
 use crate::input::{denoiser_call, ForwardInput};
 use crate::latte_config::LatteConfig;
 use crate::nn::{gelu_tanh, FeedForward, LayerNorm, Linear, TimestepEmbedding};
+use crate::ops::ModelBackend;
 use crate::weights::{Init, VarBuilder, WeightSource};
 
 /// Positional tables for one input size ([`LatteTransformer3DModel::positions`]).
@@ -52,7 +51,7 @@ pub struct AdaLayerNormSingle<B: Backend> {
     pub linear: Linear<B>,
 }
 
-impl<B: Backend> AdaLayerNormSingle<B> {
+impl<B: ModelBackend> AdaLayerNormSingle<B> {
     /// # Shapes
     /// `[B, 256]` sinusoidal projection → (`[B, 6·D]` modulations, `[B, D]` embedded timestep)
     pub fn forward(&self, t_proj: Tensor<B, 2>) -> (Tensor<B, 2>, Tensor<B, 2>) {
@@ -85,7 +84,7 @@ pub struct Attention<B: Backend> {
     pub heads: usize,
 }
 
-impl<B: Backend> Attention<B> {
+impl<B: ModelBackend> Attention<B> {
     fn load(vb: &mut VarBuilder<'_, B>, name: &str, cfg: &LatteConfig) -> Result<Self> {
         let mut vb = vb.pp(name);
         let (d, bias) = (cfg.inner_dim(), cfg.attention_bias);
@@ -110,7 +109,7 @@ impl<B: Backend> Attention<B> {
         let q = self.split(self.to_q.forward(x));
         let k = self.split(self.to_k.forward(context.clone()));
         let v = self.split(self.to_v.forward(context));
-        let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
+        let out = <B as ModelBackend>::attention(q, k, v);
         self.to_out.forward(out.swap_dims(1, 2).reshape([n, l, d]))
     }
 }
@@ -144,7 +143,7 @@ struct CrossContext<B: Backend> {
     text: Tensor<B, 3>,
 }
 
-impl<B: Backend> BasicTransformerBlock<B> {
+impl<B: ModelBackend> BasicTransformerBlock<B> {
     fn load(vb: &mut VarBuilder<'_, B>, stack: &'static str, index: usize, cfg: &LatteConfig) -> Result<Self> {
         let mut vb = vb.pp(index);
         let d = cfg.inner_dim();
@@ -192,7 +191,7 @@ impl<B: Backend> BasicTransformerBlock<B> {
             mods.chunk(6, 1).try_into().expect("six chunks");
         let sites = self.sites();
 
-        let norm = self.norm1.forward(x.clone()) * (scale_msa + 1.0) + shift_msa;
+        let norm = self.norm1.forward_modulated(x.clone(), scale_msa, shift_msa);
         let attn = attention_site(strategy, ctx, &sites[0], || {
             let rows = as_rows(norm);
             JointStates::single(self.attn1.forward(rows.clone(), rows).reshape([b, n, d]))
@@ -209,7 +208,7 @@ impl<B: Backend> BasicTransformerBlock<B> {
             _ => x,
         };
 
-        let norm = self.norm2.forward(x.clone()) * (scale_mlp + 1.0) + shift_mlp;
+        let norm = self.norm2.forward_modulated(x.clone(), scale_mlp, shift_mlp);
         Ok(gate_mlp * self.ff.forward(norm) + x)
     }
 }
@@ -256,7 +255,7 @@ pub struct LatteTransformer3DModel<B: Backend> {
     pub config: LatteConfig,
 }
 
-impl<B: Backend> LatteTransformer3DModel<B> {
+impl<B: ModelBackend> LatteTransformer3DModel<B> {
     /// Builds the model from a weight source (a checkpoint, or random weights from a seed), checking every
     /// weight's name and shape; a checkpoint with weights the model does not use is refused.
     pub fn load(config: &LatteConfig, weights: &mut WeightSource, device: &B::Device) -> Result<Self> {
@@ -468,7 +467,7 @@ impl<B: Backend> LatteTransformer3DModel<B> {
         // 5. Output modulation and projection
         let table = self.scale_shift_table.val().unsqueeze_dim::<3>(0) + embedded_timestep.unsqueeze_dim::<3>(1);
         let [shift, scale]: [Tensor<B, 3>; 2] = table.chunk(2, 1).try_into().expect("two chunks");
-        let x = self.norm_out.forward(x) * (scale + 1.0) + shift;
+        let x = self.norm_out.forward_modulated(x, scale, shift);
         let x = self.proj_out.forward(x);
 
         // 6. Unpatchify to [B, C_out, F, H, W]

@@ -13,6 +13,7 @@ use cache_core::CacheStrategy;
 
 use crate::error::{ModelError, Result};
 use crate::latte::LatteTransformer3DModel;
+use crate::ops::ModelBackend;
 use crate::pipeline::{guided_steps, DenoiseInput, DenoiseOptions, Guidance};
 use crate::scheduler_ddim::{DDIMScheduler, DDIMSchedulerConfig};
 
@@ -28,7 +29,7 @@ pub struct LattePipeline<B: Backend> {
     pub scheduler: DDIMScheduler,
 }
 
-impl<B: Backend> LattePipeline<B> {
+impl<B: ModelBackend> LattePipeline<B> {
     /// Loads `transformer/` and `scheduler/scheduler_config.json` from a diffusers pipeline directory (the
     /// text encoder and VAE are not needed: prompts come in as embeddings and latents go out).
     pub fn from_pretrained(dir: &Path, device: &B::Device) -> Result<Self> {

@@ -15,6 +15,7 @@ pub mod latte;
 pub mod latte_config;
 pub mod latte_pipeline;
 pub mod nn;
+pub mod ops;
 pub mod pipeline;
 pub mod scheduler;
 pub mod scheduler_ddim;
@@ -22,6 +23,7 @@ pub mod weights;
 
 pub use cogvideox::{CogVideoXTransformer3DModel, Positions};
 pub use input::ForwardInput;
+pub use ops::ModelBackend;
 pub use config::CogVideoXConfig;
 pub use error::{ModelError, Result};
 pub use pipeline::{denoise, DenoiseInput, DenoiseOptions};

@@ -5,6 +5,7 @@ use burn::tensor::activation::silu;
 use burn::tensor::{backend::Backend, Tensor};
 
 use crate::error::Result;
+use crate::ops::ModelBackend;
 use crate::weights::{Init, VarBuilder};
 
 /// `torch.nn.Linear`: `y = x Wᵀ + b`. The weight is kept transposed (`[d_in, d_out]`), as burn's `linear` wants,
@@ -50,8 +51,22 @@ impl<B: Backend> Linear<B> {
 
     /// # Shapes
     /// `[..., d_in]` → `[..., d_out]`
-    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        burn::tensor::module::linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D>
+    where
+        B: ModelBackend,
+    {
+        <B as ModelBackend>::linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
+    }
+
+    /// `gelu_tanh(self.forward(x))`, fused where the backend can.
+    ///
+    /// # Shapes
+    /// `[..., d_in]` → `[..., d_out]`
+    pub fn forward_gelu_tanh<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D>
+    where
+        B: ModelBackend,
+    {
+        B::linear_gelu_tanh(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
     }
 }
 
@@ -80,28 +95,30 @@ impl<B: Backend> LayerNorm<B> {
 
     /// # Shapes
     /// `[..., d]` → `[..., d]`
-    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let (var, mean) = x.clone().var_mean_bias(D - 1);
-        let mut y = (x - mean) / (var + self.eps).sqrt();
-        if let Some(w) = &self.weight {
-            y = y * w.val().unsqueeze();
-        }
-        if let Some(b) = &self.bias {
-            y = y + b.val().unsqueeze();
-        }
-        y
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D>
+    where
+        B: ModelBackend,
+    {
+        let (w, b) = (self.weight.as_ref().map(|w| w.val()), self.bias.as_ref().map(|b| b.val()));
+        <B as ModelBackend>::layer_norm(x, w, b, self.eps)
+    }
+
+    /// adaLN modulation: `self.forward(x)·(1 + scale) + shift`, fused where the backend can.
+    ///
+    /// # Shapes
+    /// `x`: `[B, N, d]`, `scale`, `shift`: `[B, 1, d]` → `[B, N, d]`
+    pub fn forward_modulated(&self, x: Tensor<B, 3>, scale: Tensor<B, 3>, shift: Tensor<B, 3>) -> Tensor<B, 3>
+    where
+        B: ModelBackend,
+    {
+        let (w, b) = (self.weight.as_ref().map(|w| w.val()), self.bias.as_ref().map(|b| b.val()));
+        B::layer_norm_modulate(x, w, b, self.eps, scale, shift)
     }
 }
 
-/// GELU with the tanh approximation (`GELU(approximate="tanh")`), as `x / (1 + exp(−2u))` with
-/// `u = √(2/π)·(x + 0.044715·x³)`: equal to `0.5·x·(1 + tanh(u))`, at one `exp` and one division per element
-/// instead of `powf` and `tanh` (a quarter of the S model's CPU time with burn's `gelu_approximate`).
-/// A true division, not `recip()`, which may be an approximate reciprocal on SIMD backends.
-pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    const TWO_SQRT_2_OVER_PI: f64 = 2.0 * 0.797_884_560_802_865_4;
-    let cube = x.clone() * x.clone() * x.clone();
-    let minus_2u = (cube * 0.044715 + x.clone()) * (-TWO_SQRT_2_OVER_PI);
-    x / (minus_2u.exp() + 1.0)
+/// GELU with the tanh approximation (`GELU(approximate="tanh")`); see [`crate::ops::generic::gelu_tanh`].
+pub fn gelu_tanh<B: ModelBackend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    B::gelu_tanh(x)
 }
 
 /// `TimestepEmbedding`: `linear_2(silu(linear_1(x)))`.
@@ -113,7 +130,7 @@ pub struct TimestepEmbedding<B: Backend> {
     pub linear_2: Linear<B>,
 }
 
-impl<B: Backend> TimestepEmbedding<B> {
+impl<B: ModelBackend> TimestepEmbedding<B> {
     /// Loads `{name}.linear_1` (`d_in → d_out`) and `{name}.linear_2` (`d_out → d_out`).
     pub fn load(vb: &mut VarBuilder<'_, B>, name: &str, d_in: usize, d_out: usize) -> Result<Self> {
         let mut vb = vb.pp(name);
@@ -139,7 +156,7 @@ pub struct FeedForward<B: Backend> {
     pub net_2: Linear<B>,
 }
 
-impl<B: Backend> FeedForward<B> {
+impl<B: ModelBackend> FeedForward<B> {
     /// Loads `ff.net.0.proj` (`dim → 4·dim`) and `ff.net.2`.
     pub fn load(vb: &mut VarBuilder<'_, B>, dim: usize) -> Result<Self> {
         let mut vb = vb.pp("ff");
@@ -153,6 +170,6 @@ impl<B: Backend> FeedForward<B> {
     /// # Shapes
     /// `[B, L, D]` → `[B, L, D]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.net_2.forward(gelu_tanh(self.net_0_proj.forward(x)))
+        self.net_2.forward(self.net_0_proj.forward_gelu_tanh(x))
     }
 }

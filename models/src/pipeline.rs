@@ -7,8 +7,9 @@ use cache_core::{Branch, CacheStrategy, CallContext, CfgOrder, StepContext};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cogvideox::CogVideoXTransformer3DModel;
-use crate::input::ForwardInput;
 use crate::error::{ModelError, Result};
+use crate::input::ForwardInput;
+use crate::ops::ModelBackend;
 use crate::scheduler::CogVideoXDDIMScheduler;
 
 /// What one generation starts from.
@@ -148,7 +149,7 @@ pub(crate) fn guided_steps<B: Backend>(
 
 /// Runs one generation: resets `strategy`, then denoises for `input.num_inference_steps` steps.
 /// Returns the final latents `[1, F, C, H, W]`.
-pub fn denoise<B: Backend, S: CacheStrategy<B> + ?Sized>(
+pub fn denoise<B: ModelBackend, S: CacheStrategy<B> + ?Sized>(
     model: &CogVideoXTransformer3DModel<B>,
     scheduler: &mut CogVideoXDDIMScheduler,
     input: DenoiseInput<B>,

@@ -45,6 +45,14 @@ enum Command {
         /// Weight seed.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Also time each hot operation (`models::ops`): per-forward milliseconds in the JSON (`ops`) and a table
+        /// on stderr. Only the CPU backend records them (a GPU backend returns before its kernels finish).
+        #[arg(long)]
+        profile: bool,
+        /// Run the generic burn-op code instead of the CPU kernels (`models::ops::set_cpu_fast_path(false)`),
+        /// to compare the two paths.
+        #[arg(long)]
+        generic_ops: bool,
     },
     /// The main job: times the uncached baseline and each strategy on one model and prints the table.
     Bench(BenchArgs),
@@ -418,7 +426,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Parity { cases } => parity(&cases),
-        Command::Forward { preset: p, batch, repeats, seed } => forward(&p, batch, repeats, seed),
+        Command::Forward { preset: p, batch, repeats, seed, profile, generic_ops } => {
+            models::ops::set_cpu_fast_path(!generic_ops);
+            forward(&p, batch, repeats, seed, profile)
+        }
         Command::ExportModel { preset: p, seed, out } => export(&p, seed, &out),
         Command::Bench(a) => bench(a),
         Command::Tune(a) => tune(a),
@@ -452,7 +463,7 @@ fn parity(args: &[PathBuf]) -> Result<ExitCode, String> {
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn forward(p: &str, batch: usize, repeats: usize, seed: u64) -> Result<ExitCode, String> {
+fn forward(p: &str, batch: usize, repeats: usize, seed: u64, profile: bool) -> Result<ExitCode, String> {
     let Preset::CogVideoX(cfg) = preset(p)? else { return Err("forward times the CogVideoX presets (s, 2b, 5b)".into()) };
     let device = backend::device();
     let model = CogVideoXTransformer3DModel::<Backend>::load(&cfg, &mut WeightSource::random(seed), &device)
@@ -472,6 +483,9 @@ fn forward(p: &str, batch: usize, repeats: usize, seed: u64) -> Result<ExitCode,
     for i in 0..=repeats {
         let input =
             ForwardInput { hidden_states: hidden.clone(), encoder_hidden_states: text.clone(), timestep: vec![500.0; batch] };
+        if i == 1 {
+            models::ops::profile::enable(profile);
+        }
         let start = Instant::now();
         let out = model.forward(input, &positions, &ctx, &mut Identity).map_err(|e| e.to_string())?;
         let _ = out.into_data(); // wait for the device
@@ -479,6 +493,9 @@ fn forward(p: &str, batch: usize, repeats: usize, seed: u64) -> Result<ExitCode,
             times.push(start.elapsed().as_secs_f64());
         }
     }
+    models::ops::profile::enable(false);
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    let ops = profile.then(|| ops_profile(times.len(), mean));
     times.sort_by(|a, b| a.total_cmp(b));
     let median = times[times.len() / 2];
     println!(
@@ -486,9 +503,37 @@ fn forward(p: &str, batch: usize, repeats: usize, seed: u64) -> Result<ExitCode,
         serde_json::json!({
             "backend": backend::NAME, "preset": p, "batch": batch, "frames": frames, "height": h, "width": w,
             "repeats": repeats, "median_s": median, "min_s": times[0],
+            // Only ndarray has kernels of its own; every other backend runs the generic ops either way.
+            "ops_path": if backend::NAME == "ndarray" && models::ops::cpu_fast_path() { "cpu-kernels" } else { "generic" },
+            "ops": ops,
         })
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Per-forward time of each recorded operation over `forwards` forwards of `mean_s` seconds on average, and the
+/// rest of the forward (`other`: reshapes, concatenations, residual adds, embeddings); a table on stderr.
+fn ops_profile(forwards: usize, mean_s: f64) -> serde_json::Value {
+    let totals = models::ops::profile::totals();
+    let per = |secs: f64| secs * 1e3 / forwards as f64;
+    let mut rows: Vec<(String, f64, f64)> =
+        totals.iter().map(|(op, d, n)| (op.to_string(), per(d.as_secs_f64()), *n as f64 / forwards as f64)).collect();
+    let recorded: f64 = rows.iter().map(|r| r.1).sum();
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    rows.push(("other".into(), (mean_s * 1e3 - recorded).max(0.0), f64::NAN));
+    eprintln!("{:<22} {:>10} {:>7} {:>6}", "op", "ms/forward", "calls", "share");
+    for (op, ms, calls) in &rows {
+        let calls = if calls.is_nan() { "-".to_string() } else { format!("{calls:.0}") };
+        eprintln!("{op:<22} {ms:>10.2} {calls:>7} {:>5.1}%", 100.0 * ms / (mean_s * 1e3));
+    }
+    serde_json::Value::Object(
+        rows.into_iter()
+            .map(|(op, ms, calls)| {
+                let calls = if calls.is_nan() { serde_json::Value::Null } else { serde_json::json!(calls) };
+                (op, serde_json::json!({ "ms_per_forward": ms, "calls_per_forward": calls }))
+            })
+            .collect(),
+    )
 }
 
 fn export(p: &str, seed: u64, out: &std::path::Path) -> Result<ExitCode, String> {
