@@ -21,6 +21,15 @@ pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     x / (minus_2u.exp() + 1.0)
 }
 
+/// `gelu_tanh(linear(x))`.
+pub fn linear_gelu_tanh<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, D> {
+    gelu_tanh(linear(x, weight, bias))
+}
+
 /// LayerNorm over the last dimension: `(x − mean) / √(var + eps) · weight + bias`, biased variance.
 pub fn layer_norm<B: Backend, const D: usize>(
     x: Tensor<B, D>,
@@ -37,6 +46,18 @@ pub fn layer_norm<B: Backend, const D: usize>(
         y = y + b.unsqueeze();
     }
     y
+}
+
+/// adaLN modulation of a LayerNorm: `layer_norm(x)·(1 + scale) + shift`.
+pub fn layer_norm_modulate<B: Backend>(
+    x: Tensor<B, 3>,
+    weight: Option<Tensor<B, 1>>,
+    bias: Option<Tensor<B, 1>>,
+    eps: f64,
+    scale: Tensor<B, 3>,
+    shift: Tensor<B, 3>,
+) -> Tensor<B, 3> {
+    layer_norm(x, weight, bias, eps) * (scale + 1.0) + shift
 }
 
 /// burn's attention with its default scale `1/√head_dim` and no mask.

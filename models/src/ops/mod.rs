@@ -40,7 +40,7 @@ pub trait ModelBackend: Backend {
         weight: Tensor<Self, 2>,
         bias: Option<Tensor<Self, 1>>,
     ) -> Tensor<Self, D> {
-        generic::gelu_tanh(generic::linear(x, weight, bias))
+        generic::linear_gelu_tanh(x, weight, bias)
     }
 
     /// `GELU(approximate="tanh")`, see [`generic::gelu_tanh`].
@@ -73,7 +73,7 @@ pub trait ModelBackend: Backend {
         scale: Tensor<Self, 3>,
         shift: Tensor<Self, 3>,
     ) -> Tensor<Self, 3> {
-        generic::layer_norm(x, weight, bias, eps) * (scale + 1.0) + shift
+        generic::layer_norm_modulate(x, weight, bias, eps, scale, shift)
     }
 
     /// `softmax(q kᵀ / √head_dim) v`, no mask (`F.scaled_dot_product_attention` as diffusers calls it).

@@ -22,7 +22,8 @@ where
 {
     fn linear<const D: usize>(x: Tensor<Self, D>, weight: Tensor<Self, 2>, bias: Option<Tensor<Self, 1>>) -> Tensor<Self, D> {
         let _t = profile::timer("linear");
-        fast(|| tensor(linear(&prim(&x), &prim(&weight), bias.as_ref().map(prim).as_ref(), false)?)).unwrap_or_else(|| generic::linear(x, weight, bias))
+        fast(|| tensor(linear(&prim(&x), &prim(&weight), bias.as_ref().map(prim).as_ref(), false)?))
+            .unwrap_or_else(|| generic::linear(x, weight, bias))
     }
 
     fn linear_gelu_tanh<const D: usize>(
@@ -32,7 +33,7 @@ where
     ) -> Tensor<Self, D> {
         let _t = profile::timer("linear+gelu");
         fast(|| tensor(linear(&prim(&x), &prim(&weight), bias.as_ref().map(prim).as_ref(), true)?))
-            .unwrap_or_else(|| generic::gelu_tanh(generic::linear(x, weight, bias)))
+            .unwrap_or_else(|| generic::linear_gelu_tanh(x, weight, bias))
     }
 
     fn gelu_tanh<const D: usize>(x: Tensor<Self, D>) -> Tensor<Self, D> {
@@ -69,7 +70,7 @@ where
             let modulation = (prim(&scale), prim(&shift));
             tensor(layer_norm(&prim(&x), weight.as_ref().map(prim), bias.as_ref().map(prim), eps, Some(modulation))?)
         })
-            .unwrap_or_else(|| generic::layer_norm(x, weight, bias, eps) * (scale + 1.0) + shift)
+        .unwrap_or_else(|| generic::layer_norm_modulate(x, weight, bias, eps, scale, shift))
     }
 
     fn attention(q: Tensor<Self, 4>, k: Tensor<Self, 4>, v: Tensor<Self, 4>) -> Tensor<Self, 4> {
