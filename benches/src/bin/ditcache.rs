@@ -514,24 +514,23 @@ fn forward(p: &str, batch: usize, repeats: usize, seed: u64, profile: bool) -> R
 /// Per-forward time of each recorded operation over `forwards` forwards of `mean_s` seconds on average, and the
 /// rest of the forward (`other`: reshapes, concatenations, residual adds, embeddings); a table on stderr.
 fn ops_profile(forwards: usize, mean_s: f64) -> serde_json::Value {
-    let totals = models::ops::profile::totals();
     let per = |secs: f64| secs * 1e3 / forwards as f64;
-    let mut rows: Vec<(String, f64, f64)> =
-        totals.iter().map(|(op, d, n)| (op.to_string(), per(d.as_secs_f64()), *n as f64 / forwards as f64)).collect();
+    // (operation, ms per forward, calls per forward; none for the unrecorded rest)
+    let mut rows: Vec<(String, f64, Option<f64>)> = models::ops::profile::totals()
+        .iter()
+        .map(|(op, d, n)| (op.to_string(), per(d.as_secs_f64()), Some(*n as f64 / forwards as f64)))
+        .collect();
     let recorded: f64 = rows.iter().map(|r| r.1).sum();
     rows.sort_by(|a, b| b.1.total_cmp(&a.1));
-    rows.push(("other".into(), (mean_s * 1e3 - recorded).max(0.0), f64::NAN));
+    rows.push(("other".into(), (mean_s * 1e3 - recorded).max(0.0), None));
     eprintln!("{:<22} {:>10} {:>7} {:>6}", "op", "ms/forward", "calls", "share");
     for (op, ms, calls) in &rows {
-        let calls = if calls.is_nan() { "-".to_string() } else { format!("{calls:.0}") };
+        let calls = calls.map_or("-".to_string(), |c| format!("{c:.0}"));
         eprintln!("{op:<22} {ms:>10.2} {calls:>7} {:>5.1}%", 100.0 * ms / (mean_s * 1e3));
     }
     serde_json::Value::Object(
         rows.into_iter()
-            .map(|(op, ms, calls)| {
-                let calls = if calls.is_nan() { serde_json::Value::Null } else { serde_json::json!(calls) };
-                (op, serde_json::json!({ "ms_per_forward": ms, "calls_per_forward": calls }))
-            })
+            .map(|(op, ms, calls)| (op, serde_json::json!({ "ms_per_forward": ms, "calls_per_forward": calls })))
             .collect(),
     )
 }

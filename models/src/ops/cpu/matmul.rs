@@ -67,11 +67,13 @@ pub(super) unsafe fn gemm_on_thread(
     gemm(m, n, k, dst, 1, dst_rs, accumulate, a.ptr, a.cs, a.rs, b.ptr, b.cs, b.rs, 1.0, beta, false, false, false, Parallelism::None);
 }
 
-/// Rows per parallel task for an `m×k · k×n` product: one task for small products (a task costs more than
-/// it saves), otherwise an even split over the pool's threads.
-fn rows_per_task(m: usize, n: usize, k: usize) -> usize {
-    let threads = rayon::current_num_threads().max(1);
-    if threads == 1 || m * n * k < (1 << 18) {
+/// Multiply-adds below which a product runs as one task: a task costs more than it saves.
+const MIN_PARALLEL_WORK: usize = 1 << 18;
+
+/// Rows per parallel task for an `m×k · k×n` product: one task for small products, otherwise an even split
+/// over `threads`.
+fn rows_per_task(m: usize, n: usize, k: usize, threads: usize) -> usize {
+    if threads == 1 || m * n * k < MIN_PARALLEL_WORK {
         return m.max(1);
     }
     m.div_ceil(threads).next_multiple_of(8).min(m).max(1)
@@ -86,11 +88,11 @@ pub(super) fn linear(x: &[f32], m: usize, k: usize, w: Mat, n: usize, bias: Opti
     }
     let x = Mat { ptr: x.as_ptr(), rs: k as isize, cs: 1 };
     let threads = rayon::current_num_threads().max(1);
-    if threads > 1 && m < 16 * threads && n >= 64 * threads && m * n * k >= (1 << 18) {
+    if threads > 1 && m < 16 * threads && n >= 64 * threads && m * n * k >= MIN_PARALLEL_WORK {
         few_rows(&mut out, m, k, x, w, n, bias, gelu, n.div_ceil(threads).next_multiple_of(16));
         return out;
     }
-    let rows = rows_per_task(m, n, k);
+    let rows = rows_per_task(m, n, k, threads);
     out.par_chunks_mut(rows * n).enumerate().for_each(|(i, chunk)| {
         let r = chunk.len() / n;
         if let Some(b) = bias {
