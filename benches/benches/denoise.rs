@@ -8,10 +8,10 @@
 use std::time::Duration;
 
 use benches::backend::{device, Backend};
-use benches::bench::{default_strategies, BenchOptions};
-use benches::strategies::build;
+use benches::bench::{calibrate_magcache, default_strategies, BenchOptions};
 use benches::video_model::VideoModel;
-use cache_core::{CacheConfig, CacheStrategy, Identity};
+use cache_core::{CacheStrategy, Identity};
+use cache_engines::{build, CacheConfig};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use models::{CogVideoXConfig, DenoiseOptions, LatteConfig, WeightSource};
 
@@ -39,7 +39,8 @@ fn bench_model(c: &mut Criterion, name: &str, mut model: VideoModel<Backend>, st
     let mut group = c.benchmark_group(format!("denoise/{name}-{steps}steps"));
     group.sample_size(samples).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
     let mut rows = vec![("baseline".to_string(), CacheConfig::None)];
-    rows.extend(default_strategies(&model.host_info()));
+    let ratios = calibrate_magcache(&mut model, &opts, &dev).unwrap();
+    rows.extend(default_strategies(&model.host_info(), steps, &ratios));
     for (label, cfg) in rows {
         // The id names the strategy and its parameters, so criterion compares like with like across runs.
         let id = format!("{label} {}", serde_json::to_string(&cfg).unwrap());

@@ -4,19 +4,22 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use burn::tensor::Tensor;
-use cache_core::{AttentionKind, CacheConfig, CacheStats, Decision, FasterCacheConfig, FirstBlockCacheConfig, HostInfo, Identity, Preset,
-    PyramidAttentionBroadcastConfig};
+use cache_core::{AttentionKind, CacheStats, Decision, HostInfo, Identity};
+use cache_engines::{
+    build, CacheConfig, FasterCacheConfig, FirstBlockCacheConfig, MagCache, MagCacheConfig, Preset,
+    PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use models::{DenoiseInput, DenoiseOptions, HostTensor, ModelBackend};
 use serde::{Deserialize, Serialize};
 
 use crate::parity::rel_l2;
-use crate::strategies::build;
 use crate::video_model::VideoModel;
 
-/// The default strategy list: FBC 0.05 / 0.1 / 0.2, PAB spatial 2, FasterCache ([`FasterCacheConfig::for_host`]), and
-/// the three presets.
-pub fn default_strategies(host: &HostInfo) -> Vec<(String, CacheConfig)> {
+/// The default strategy list: FBC 0.05 / 0.1 / 0.2, PAB spatial 2, FasterCache ([`FasterCacheConfig::for_host`]),
+/// MagCache at two thresholds with `mag_ratios` (from [`calibrate_magcache`] on this model and step count),
+/// TaylorSeer at two settings on every attention and feed-forward site, and the three presets.
+pub fn default_strategies(host: &HostInfo, steps: usize, mag_ratios: &[f64]) -> Vec<(String, CacheConfig)> {
     let fbc = |t| CacheConfig::FirstBlockCache(FirstBlockCacheConfig { threshold: t, ..Default::default() });
     let mut v = vec![
         ("fbc(0.05)".to_string(), fbc(0.05)),
@@ -31,10 +34,64 @@ pub fn default_strategies(host: &HostInfo) -> Vec<(String, CacheConfig)> {
         ),
         ("fastercache".to_string(), CacheConfig::FasterCache(FasterCacheConfig::for_host(host))),
     ];
+    for (threshold, max_skip_steps) in MAGCACHE_DEFAULTS {
+        let cfg = magcache(steps, mag_ratios, threshold, max_skip_steps);
+        v.push((cfg.label(), cfg));
+    }
+    for (cache_interval, max_order) in TAYLORSEER_DEFAULTS {
+        let cfg = taylorseer(host, cache_interval, max_order);
+        v.push((cfg.label(), cfg));
+    }
     for (name, p) in [("quality", Preset::Quality), ("balanced", Preset::Balanced), ("speed", Preset::Speed)] {
         v.push((name.to_string(), CacheConfig::preset(p, host)));
     }
     v
+}
+
+/// MagCache rows of the default table: (threshold, max_skip_steps).
+pub const MAGCACHE_DEFAULTS: [(f64, usize); 2] = [(0.1, 3), (0.3, 3)];
+/// TaylorSeer rows of the default table: (cache_interval, max_order).
+pub const TAYLORSEER_DEFAULTS: [(usize, usize); 2] = [(2, 1), (3, 2)];
+
+/// A MagCache configuration for `steps` steps with these ratios (diffusers' defaults otherwise).
+pub fn magcache(steps: usize, mag_ratios: &[f64], threshold: f64, max_skip_steps: usize) -> CacheConfig {
+    CacheConfig::MagCache(MagCacheConfig {
+        threshold,
+        max_skip_steps,
+        num_inference_steps: steps,
+        mag_ratios: Some(mag_ratios.to_vec()),
+        ..Default::default()
+    })
+}
+
+/// A TaylorSeer configuration that predicts every attention and feed-forward site of `host` (float32 factors;
+/// diffusers' other defaults).
+pub fn taylorseer(host: &HostInfo, cache_interval: usize, max_order: usize) -> CacheConfig {
+    CacheConfig::TaylorSeerCache(TaylorSeerCacheConfig {
+        cache_interval,
+        max_order,
+        taylor_factors_dtype: cache_engines::FactorDtype::Float32,
+        cache_identifiers: Some(cache_engines::cache_taylorseer_patterns(host)),
+        ..Default::default()
+    })
+}
+
+/// Seed offset of the calibration run's latents: calibrated on other latents than the ones evaluated.
+pub const CALIBRATION_SEED_OFFSET: u64 = 1000;
+
+/// MagCache's per-step magnitude ratios for this model and step count: one generation in calibration mode
+/// (diffusers' `calibrate=True`; it never skips), on latents drawn from `opts.seed + CALIBRATION_SEED_OFFSET`.
+pub fn calibrate_magcache<B: ModelBackend>(
+    model: &mut VideoModel<B>,
+    opts: &BenchOptions,
+    device: &B::Device,
+) -> Result<Vec<f64>, String> {
+    let cal = BenchOptions { seed: opts.seed.wrapping_add(CALIBRATION_SEED_OFFSET), ..opts.clone() };
+    let input = model.bench_inputs(&cal, device);
+    let mut engine = MagCache::<B>::new(MagCacheConfig::calibration(opts.steps));
+    model.denoise(input, &mut engine, DenoiseOptions::default())?;
+    let ratios = engine.calibrated_ratios().ok_or("MagCache calibration did not complete its steps")?;
+    Ok(ratios.iter().map(|&r| r as f64).collect())
 }
 
 /// One row of the table.
@@ -63,7 +120,10 @@ pub struct Row {
     /// `attention_reused` per attention kind (`spatial`, `temporal`, `cross`).
     #[serde(default)]
     pub attention_reused_by_kind: BTreeMap<String, usize>,
-    /// Steps whose tail blocks were skipped.
+    /// Other module sites (feed-forwards) predicted instead of computed.
+    #[serde(default)]
+    pub modules_predicted: usize,
+    /// Steps whose block stack (all of it, MagCache; all but the first block, FBC) was skipped.
     pub blocks_skipped: usize,
     /// Steps whose unconditional branch was approximated.
     pub uncond_approximated: usize,
@@ -165,7 +225,7 @@ pub fn run<B: ModelBackend>(
     let work = model.work_model();
     let host = model.host_info();
     let kinds: HashMap<String, AttentionKind> = host.sites.iter().map(|s| (s.to_string(), s.kind)).collect();
-    let kind_of = |name: &str| kinds.get(name).copied().unwrap_or(AttentionKind::Spatial);
+    let kind_of = |name: &str| kinds.get(name).copied();
     let total = (1 + (strategies.len() + 1) * opts.repeats) as u64;
     let bar = if opts.progress { ProgressBar::new(total) } else { ProgressBar::hidden() };
     bar.set_style(ProgressStyle::with_template("{msg:>14} {bar:30} {pos}/{len} generations [{elapsed_precise}<{eta_precise}]").expect("template"));
@@ -192,10 +252,16 @@ pub fn run<B: ModelBackend>(
         let (base, base_time) = baseline.get_or_insert_with(|| (data.clone(), time)).clone();
         let ideal = stats.ideal_speedup(&work, opts.steps);
         let speedup = base_time / time;
-        let attn: (usize, usize) = stats.steps.iter().flat_map(|s| s.attention.values()).fold((0, 0), |(c, r), d| match d {
-            Decision::Compute => (c + 1, r),
-            Decision::Skip => (c, r + 1),
-        });
+        // The trace's `attention` map also holds the other module sites (feed-forwards) a TaylorSeer hooks.
+        let count = |attention: bool| {
+            let entries = stats.steps.iter().flat_map(|s| s.attention.iter());
+            entries.filter(|(n, _)| kinds.contains_key(n.as_str()) == attention).fold((0, 0), |(c, r), (_, d)| match d {
+                Decision::Compute => (c + 1, r),
+                Decision::Skip => (c, r + 1),
+            })
+        };
+        let attn: (usize, usize) = count(true);
+        let modules_predicted = count(false).1;
         let attention_reused_by_kind =
             stats.attention_by_kind(kind_of).into_iter().map(|(k, c)| (k, c.reused)).collect();
         rows.push(Row {
@@ -210,6 +276,7 @@ pub fn run<B: ModelBackend>(
             attention_computed: attn.0,
             attention_reused: attn.1,
             attention_reused_by_kind,
+            modules_predicted,
             blocks_skipped: stats.blocks().reused,
             uncond_approximated: stats.uncond().reused,
             config: cfg.cloned().unwrap_or(CacheConfig::None),
@@ -250,18 +317,18 @@ pub fn table(report: &Report) -> String {
         "model {} · {} steps · guidance {} · backend {} · {} · median of {}\n\n",
         report.model, report.steps, report.guidance_scale, report.backend, report.machine, report.repeats
     );
-    s += "| strategy | time (s) | speedup | ideal | efficiency | attn computed/reused | tail skipped | uncond approx. | rel_l2 | PSNR (dB) | cache peak |";
+    s += "| strategy | time (s) | speedup | ideal | efficiency | attn computed/reused | ff predicted | blocks skipped | uncond approx. | rel_l2 | PSNR (dB) | cache peak |";
     if compare {
         s += " diffusers (s) | ours ÷ diffusers |";
     }
-    s += "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
+    s += "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
     if compare {
         s += "---:|---:|";
     }
     s += "\n";
     for r in &report.rows {
         s += &format!(
-            "| {} | {:.2} | {:.2}× | {:.2}× | {:.2} | {}/{}{} | {}/{} | {}/{} | {:.2e} | {} | {} |",
+            "| {} | {:.2} | {:.2}× | {:.2}× | {:.2} | {}/{}{} | {} | {}/{} | {}/{} | {:.2e} | {} | {} |",
             r.strategy,
             r.time_s,
             r.speedup,
@@ -270,6 +337,7 @@ pub fn table(report: &Report) -> String {
             r.attention_computed,
             r.attention_reused,
             if by_kind && r.attention_reused > 0 { format!(" ({})", kinds(&r.attention_reused_by_kind)) } else { String::new() },
+            r.modules_predicted,
             r.blocks_skipped,
             report.steps,
             r.uncond_approximated,

@@ -5,6 +5,5 @@ pub mod bench;
 pub mod parity;
 pub mod png;
 pub mod shapes;
-pub mod strategies;
 pub mod tune;
 pub mod video_model;

@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use cache_core::{CacheConfig, StepTrace};
+use cache_core::StepTrace;
+use cache_engines::CacheConfig;
 use models::weights::read_safetensors;
 use models::{DenoiseInput, DenoiseOptions, ForwardInput, HostTensor, ModelBackend};
 
@@ -244,7 +245,7 @@ fn load_denoise_spec<B: ModelBackend>(dir: &Path, spec: &CaseSpec, device: &B::D
 fn run_denoise<B: ModelBackend>(dir: &Path, spec: &CaseSpec, device: &B::Device) -> Result<(f64, Option<bool>), String> {
     let mut case = load_denoise_spec::<B>(dir, spec, device)?;
     let mut strategy =
-        crate::strategies::build::<B>(&case.cache, &case.model.host_info()).map_err(|e| e.to_string())?;
+        cache_engines::build::<B>(&case.cache, &case.model.host_info()).map_err(|e| e.to_string())?;
     let out = case.model.denoise(case.input, &mut *strategy, DenoiseOptions::default())?;
     let out = HostTensor::from_tensor(out);
     if out.shape != case.expected.shape {

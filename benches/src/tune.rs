@@ -1,18 +1,19 @@
 //! `ditcache tune`: the fastest configuration that meets a quality target, by measurement.
 //!
-//! Search: every single-engine candidate of a grid is run once; the fastest passing candidate of each
-//! engine is then combined with the others (every subset of two or three); the three fastest passing
+//! Search: every single-engine candidate of a grid (FBC, PAB, FasterCache, MagCache with ratios calibrated
+//! on the model first, TaylorSeer) is run once; the fastest passing candidate of each engine is then combined
+//! with the others (every subset of two or more that a stack accepts); the three fastest passing
 //! configurations are timed again (median of `confirm` runs) and the fastest wins.
 
-use models::ModelBackend;
-use cache_core::{CacheConfig, FasterCacheConfig, HostInfo, FirstBlockCacheConfig, PyramidAttentionBroadcastConfig, WeightSchedule};
+use cache_core::HostInfo;
+use cache_engines::{CacheConfig, FasterCacheConfig, FirstBlockCacheConfig, PyramidAttentionBroadcastConfig, WeightSchedule};
 use indicatif::{ProgressBar, ProgressStyle};
+use models::ModelBackend;
 use serde::Serialize;
 
-use crate::bench::{generate, psnr, BenchOptions};
-use crate::video_model::VideoModel;
+use crate::bench::{calibrate_magcache, generate, magcache, psnr, taylorseer, BenchOptions};
 use crate::parity::rel_l2;
-use crate::strategies::label;
+use crate::video_model::VideoModel;
 
 /// A quality target against the uncached latents.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -44,7 +45,7 @@ pub struct Candidate {
     pub meets: bool,
 }
 
-fn grid(host: &HostInfo) -> Vec<Vec<CacheConfig>> {
+fn grid(host: &HostInfo, steps: usize, mag_ratios: &[f64]) -> Vec<Vec<CacheConfig>> {
     let fbc = [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5]
         .map(|t| CacheConfig::FirstBlockCache(FirstBlockCacheConfig { threshold: t, ..Default::default() }))
         .to_vec();
@@ -68,7 +69,14 @@ fn grid(host: &HostInfo) -> Vec<Vec<CacheConfig>> {
             }));
         }
     }
-    vec![fbc, pab, fc]
+    let mag = [0.03, 0.06, 0.1, 0.2, 0.4].map(|t| magcache(steps, mag_ratios, t, 3)).to_vec();
+    let mut seer = Vec::new();
+    for interval in [2, 3, 4] {
+        for order in [1, 2] {
+            seer.push(taylorseer(host, interval, order));
+        }
+    }
+    vec![fbc, pab, fc, mag, seer]
 }
 
 /// Runs the search; returns every candidate evaluated (fastest passing first) and the baseline time.
@@ -81,17 +89,18 @@ pub fn tune<B: ModelBackend>(
 ) -> Result<(Vec<Candidate>, f64), String> {
     let input = model.bench_inputs(opts, device);
     let work = model.work_model();
-    let families = grid(&model.host_info());
+    let ratios = calibrate_magcache(model, opts, device)?;
+    let families = grid(&model.host_info(), opts.steps, &ratios);
     let singles: usize = families.iter().map(Vec::len).sum();
-    let bar = if opts.progress { ProgressBar::new((2 + singles + 4 + 3 * confirm) as u64) } else { ProgressBar::hidden() };
+    let bar = if opts.progress { ProgressBar::new((3 + singles + 3 * confirm) as u64) } else { ProgressBar::hidden() };
     bar.set_style(ProgressStyle::with_template("{msg:>28} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}]").expect("template"));
     bar.set_message("baseline");
     generate(model, &input, None)?; // warm-up
     let (base, _, _, base_time) = generate(model, &input, None)?;
-    bar.inc(2);
+    bar.inc(3);
 
     let mut evaluate = |cfg: CacheConfig, bar: &ProgressBar| -> Result<Candidate, String> {
-        let name = label(&cfg);
+        let name = cfg.label();
         bar.set_message(name.clone());
         let (data, stats, _, time) = generate(model, &input, Some(&cfg))?;
         bar.inc(1);
@@ -113,7 +122,8 @@ pub fn tune<B: ModelBackend>(
         }
         all.extend(results);
     }
-    // Combinations of the families' best: FasterCache first (it decides the batch), then FBC, then PAB.
+    // Combinations of the families' best that a stack accepts: FasterCache first (it decides the batch), then
+    // the block deciders (FBC, MagCache), then PAB, then TaylorSeer.
     let n = best_per_family.len();
     for mask in 1u32..(1 << n) {
         if mask.count_ones() < 2 {
@@ -122,10 +132,15 @@ pub fn tune<B: ModelBackend>(
         let mut members: Vec<CacheConfig> = (0..n).filter(|i| mask & (1 << i) != 0).map(|i| best_per_family[i].clone()).collect();
         members.sort_by_key(|c| match c {
             CacheConfig::FasterCache(_) => 0,
-            CacheConfig::FirstBlockCache(_) => 1,
-            _ => 2,
+            CacheConfig::FirstBlockCache(_) | CacheConfig::MagCache(_) => 1,
+            CacheConfig::PyramidAttentionBroadcast(_) => 2,
+            _ => 3,
         });
-        all.push(evaluate(CacheConfig::Stack { strategies: members }, &bar)?);
+        let stack = CacheConfig::Stack { strategies: members };
+        if stack.validate().is_ok() {
+            bar.inc_length(1);
+            all.push(evaluate(stack, &bar)?);
+        }
     }
     // Confirm the three fastest passing ones that skip any work with repeated timing (a configuration
     // that skips nothing is only "faster" by noise).

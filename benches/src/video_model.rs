@@ -104,13 +104,21 @@ impl<B: ModelBackend> VideoModel<B> {
                 let c = &model.config;
                 let frames = c.latent_frames();
                 let tokens = c.max_text_seq_length + frames * (c.sample_height / c.patch_size) * (c.sample_width / c.patch_size);
-                WorkModel { num_blocks: c.num_layers, attention_share: model.attention_share(tokens) }
+                WorkModel {
+                    num_blocks: c.num_layers,
+                    attention_share: model.attention_share(tokens),
+                    ff_share: model.ff_share(tokens),
+                }
             }
             Self::Latte(p) => {
                 let c = &p.transformer.config;
                 let patches = (c.sample_size / c.patch_size()).pow(2);
-                let share = p.transformer.attention_share(c.video_length, patches, LATTE_BENCH_TEXT_TOKENS);
-                WorkModel { num_blocks: 2 * c.num_layers, attention_share: share }
+                let (f, t) = (c.video_length, LATTE_BENCH_TEXT_TOKENS);
+                WorkModel {
+                    num_blocks: 2 * c.num_layers,
+                    attention_share: p.transformer.attention_share(f, patches, t),
+                    ff_share: p.transformer.ff_share(f, patches, t),
+                }
             }
         }
     }

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use benches::bench::psnr;
 use benches::parity::rel_l2;
-use cache_core::CacheConfig;
+use cache_engines::CacheConfig;
 
 fn ditcache() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ditcache"))
@@ -62,7 +62,7 @@ fn config_files_round_trip_in_json_and_toml() {
     std::fs::write(&json_path, serde_json::to_string(&cfg).unwrap()).unwrap();
     assert_eq!(CacheConfig::from_file(&json_path).unwrap(), cfg);
     std::fs::write(&json_path, r#"{"type": "first_block_cache", "threshold": -1}"#).unwrap();
-    assert!(matches!(CacheConfig::from_file(&json_path), Err(cache_core::ConfigError::Negative { .. })));
+    assert!(matches!(CacheConfig::from_file(&json_path), Err(cache_engines::ConfigError::Negative { .. })));
 }
 
 #[test]

@@ -11,10 +11,10 @@ mod pipeline;
 
 use benches::backend::{device, Backend as B};
 use benches::parity::rel_l2;
-use benches::strategies::build;
-use cache_core::{
-    CacheConfig, CacheStrategy, CfgOrder, ConfigError, Decision, FasterCacheConfig, FirstBlockCacheConfig, Identity,
-    PyramidAttentionBroadcastConfig,
+use cache_core::{CacheStrategy, CfgOrder, ConfigError, Decision, Identity};
+use cache_engines::{
+    build, CacheConfig, FactorDtype, FasterCacheConfig, FirstBlockCacheConfig, MagCache, MagCacheConfig,
+    PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig,
 };
 use models::HostTensor;
 
@@ -106,6 +106,38 @@ fn each_engine_skips_what_its_semantics_say() {
     assert!(skipped > 0 && skipped < STEPS, "FBC skipped {skipped}");
     let err = rel_l2(&out, &plain);
     assert!(err > 0.0 && err < 0.05, "FBC rel_l2 {err}");
+
+    // TaylorSeer, interval 3 after 3 warm-up calls: calls 0, 1, 2, 4, 7, 10, 13, 16, 19 compute, the other 11
+    // predict, at each of the 6 attention and 6 MLP sites.
+    let seer = CacheConfig::TaylorSeerCache(TaylorSeerCacheConfig {
+        cache_interval: 3,
+        disable_cache_before_step: 3,
+        taylor_factors_dtype: FactorDtype::Float32,
+        cache_identifiers: Some(vec![r"blocks\.\d+\.(attn|mlp)".into()]),
+        ..Default::default()
+    });
+    let mut s = engine(&m, &seer);
+    let out = sample(&m, CfgOrder::CondFirst, s.as_mut());
+    let predicted = |site: &str| s.stats().steps.iter().filter(|st| st.attention.get(site) == Some(&Decision::Skip)).count();
+    assert_eq!((predicted("blocks.0.attn"), predicted("blocks.5.mlp")), (11, 11));
+    assert_eq!(attention_skips(s.as_ref()), 132);
+    let err = rel_l2(&out, &plain);
+    assert!(err > 0.0 && err < 0.05, "TaylorSeer rel_l2 {err}");
+
+    // MagCache with ratios calibrated on this model: it skips whole steps, never the first 4 (retention 0.2).
+    let mut cal = MagCache::<B>::new(MagCacheConfig::calibration(STEPS));
+    let _ = sample(&m, CfgOrder::CondFirst, &mut cal);
+    let ratios: Vec<f64> = cal.calibrated_ratios().expect("a full run").iter().map(|&r| r as f64).collect();
+    assert_eq!((ratios.len(), ratios[0]), (STEPS, 1.0));
+    let mag = CacheConfig::MagCache(MagCacheConfig { threshold: 0.1, num_inference_steps: STEPS, mag_ratios: Some(ratios), ..Default::default() });
+    let mut s = engine(&m, &mag);
+    let out = sample(&m, CfgOrder::CondFirst, s.as_mut());
+    let stats = s.stats();
+    assert!(stats.steps[..4].iter().all(|st| st.blocks == Some(Decision::Compute)));
+    let skipped = stats.blocks().reused;
+    assert!(skipped > 0 && skipped < STEPS, "MagCache skipped {skipped}");
+    let err = rel_l2(&out, &plain);
+    assert!(err > 0.0 && err < 0.1, "MagCache rel_l2 {err}");
 }
 
 #[test]

@@ -4,14 +4,13 @@
 
 use benches::backend::{device, Backend as B};
 use benches::parity::{committed_cases_dir, load_denoise_case, rel_l2, DenoiseCase};
-use benches::strategies::build;
-use burn::tensor::Tensor;
-use cache_core::{
-    Branch, CacheConfig, CacheStrategy, CallContext, CfgOrder, ConfigError, Decision, FasterCacheConfig,
-    FirstBlockCacheConfig, Identity, PyramidAttentionBroadcastConfig, StepContext,
-};
-use cache_fbc::FirstBlockCache;
 use benches::video_model::VideoModel;
+use burn::tensor::Tensor;
+use cache_core::{Branch, CacheStrategy, CallContext, CfgOrder, ConfigError, Decision, Identity, StepContext};
+use cache_engines::{
+    build, CacheConfig, FasterCacheConfig, FirstBlockCache, FirstBlockCacheConfig, MagCache, MagCacheConfig,
+    PyramidAttentionBroadcastConfig, TaylorSeer, TaylorSeerCacheConfig,
+};
 use models::{CogVideoXDDIMScheduler, CogVideoXTransformer3DModel, DenoiseOptions, ForwardInput, HostTensor};
 
 fn case(name: &str) -> DenoiseCase<B> {
@@ -59,7 +58,11 @@ fn a_second_generation_equals_a_fresh_engines_bit_for_bit() {
         ("fbc_1", None),
         ("pab_default_window", None),
         ("fastercache_sincos", None),
-        ("denoise_sincos", Some(CacheConfig::preset(cache_core::Preset::Speed, &case("denoise_sincos").model.host_info()))),
+        ("magcache_sincos", None),
+        ("taylorseer_rotary_order2", None),
+        ("latte_taylorseer", None),
+        ("latte_magcache", None),
+        ("denoise_sincos", Some(CacheConfig::preset(cache_engines::Preset::Speed, &case("denoise_sincos").model.host_info()))),
     ] {
         let mut c = case(name);
         let cfg = cfg.unwrap_or_else(|| c.cache.clone());
@@ -138,35 +141,55 @@ fn cfg_order_is_a_parameter_and_a_wrong_order_shows() {
     assert!(rel_l2(&swapped, &reference) > 1e-3, "{}", rel_l2(&swapped, &reference));
 }
 
+/// The MagCache and TaylorSeer configurations of the committed cases.
+fn case_config<T: serde::de::DeserializeOwned>(name: &str) -> T {
+    let mut v = serde_json::to_value(case(name).cache).unwrap();
+    v.as_object_mut().unwrap().remove("type");
+    serde_json::from_value(v).unwrap()
+}
+
 #[test]
 fn separate_cfg_passes_keep_separate_state() {
-    // A pipeline that runs cond and uncond as two batch-1 passes: one FBC engine must behave like two fresh
-    // engines, one per branch.
+    // A pipeline that runs cond and uncond as two batch-1 passes: one engine must behave like two fresh
+    // engines, one per branch, for every engine that keeps state across steps.
+    let mag = MagCacheConfig { num_inference_steps: 5, threshold: 0.5, retention_ratio: 0.2, ..case_config("magcache_sincos") };
+    let seer = TaylorSeerCacheConfig { cache_interval: 2, disable_cache_before_step: 1, ..case_config("taylorseer_sincos") };
+    let fbc = FirstBlockCacheConfig { threshold: 0.3, ..Default::default() };
+    let engines: [(&str, Box<dyn Fn() -> Box<dyn CacheStrategy<B>>>); 3] = [
+        ("fbc", Box::new(move || Box::new(FirstBlockCache::<B>::new(fbc.clone())))),
+        ("magcache", Box::new(move || Box::new(MagCache::<B>::new(mag.clone())))),
+        ("taylorseer", Box::new(move || Box::new(TaylorSeer::<B>::new(seer.clone()).unwrap()))),
+    ];
     let c = case("fbc_1");
     let dev = device();
     let model = cog_model(&c.model);
     let [_, f, _, h, w] = c.input.latents.dims();
     let positions = model.positions(f, h, w, &dev).unwrap();
-    let cfg = FirstBlockCacheConfig { threshold: 0.3, ..Default::default() };
-    let mut shared = FirstBlockCache::<B>::new(cfg.clone());
-    let mut alone = [FirstBlockCache::<B>::new(cfg.clone()), FirstBlockCache::<B>::new(cfg)];
     let embeds = [c.input.prompt_embeds.clone(), c.input.negative_prompt_embeds.clone().unwrap()];
-    let mut skipped = 0;
-    for (i, t) in [999.0f32, 949.0, 899.0, 849.0, 799.0].into_iter().enumerate() {
-        for (k, branch) in [Branch::Cond, Branch::Uncond].into_iter().enumerate() {
-            let ctx = CallContext::new(StepContext { step: i, num_steps: 5, timestep: t as f64 }, branch, 1);
-            let input = ForwardInput {
-                hidden_states: c.input.latents.clone(),
-                encoder_hidden_states: embeds[k].clone(),
-                timestep: vec![t],
-            };
-            let a = model.forward(input.clone(), &positions, &ctx, &mut shared).unwrap();
-            let b = model.forward(input, &positions, &ctx, &mut alone[k]).unwrap();
-            assert_eq!(HostTensor::from_tensor(a).data, HostTensor::from_tensor(b).data, "step {i} branch {k}");
+    for (name, make) in engines {
+        let mut shared = make();
+        let mut alone = [make(), make()];
+        let mut latents = c.input.latents.clone();
+        for (i, t) in [999.0f32, 949.0, 899.0, 849.0, 799.0].into_iter().enumerate() {
+            for (k, branch) in [Branch::Cond, Branch::Uncond].into_iter().enumerate() {
+                let ctx = CallContext::new(StepContext { step: i, num_steps: 5, timestep: t as f64 }, branch, 1);
+                let input = ForwardInput {
+                    hidden_states: latents.clone(),
+                    encoder_hidden_states: embeds[k].clone(),
+                    timestep: vec![t],
+                };
+                let a = model.forward(input.clone(), &positions, &ctx, shared.as_mut()).unwrap();
+                let b = model.forward(input, &positions, &ctx, alone[k].as_mut()).unwrap();
+                assert_eq!(HostTensor::from_tensor(a.clone()).data, HostTensor::from_tensor(b).data, "{name}: step {i} branch {k}");
+                if k == 0 {
+                    latents = latents.clone() - a * 0.05;
+                }
+            }
         }
-        skipped += shared.stats().steps.iter().filter(|s| s.blocks == Some(Decision::Skip)).count();
+        let stats = shared.stats();
+        let skipped = stats.blocks().reused + stats.steps.iter().flat_map(|s| s.attention.values()).filter(|d| **d == Decision::Skip).count();
+        assert!(skipped > 0, "{name}: the scenario must exercise skipping");
     }
-    assert!(skipped > 0, "the scenario must exercise skipping");
 }
 
 #[test]
@@ -229,7 +252,23 @@ fn degenerate_configs_equal_no_cache_bit_for_bit() {
         high_frequency_weight_update_timestep_range: never,
         ..FasterCacheConfig::cogvideox()
     });
-    for cfg in [pab1, fc_empty, CacheConfig::None] {
+    let mag: MagCacheConfig = case_config("magcache_sincos");
+    let seer: TaylorSeerCacheConfig = case_config("taylorseer_sincos");
+    let mag_never = [
+        MagCacheConfig { max_skip_steps: 0, ..mag.clone() },
+        MagCacheConfig { retention_ratio: 1.0, ..mag.clone() },
+        MagCacheConfig { calibrate: true, ..mag },
+    ];
+    let seer_never = [
+        TaylorSeerCacheConfig { cache_interval: 1, ..seer.clone() },
+        TaylorSeerCacheConfig { disable_cache_before_step: 12, ..seer.clone() },
+        TaylorSeerCacheConfig { disable_cache_after_step: Some(0), ..seer },
+    ];
+    let degenerate = [pab1, fc_empty, CacheConfig::None]
+        .into_iter()
+        .chain(mag_never.into_iter().map(CacheConfig::MagCache))
+        .chain(seer_never.into_iter().map(CacheConfig::TaylorSeerCache));
+    for cfg in degenerate {
         let mut s = strategy(&c, &cfg);
         assert_eq!(run(&mut c, s.as_mut()), plain, "{cfg:?}");
     }
@@ -256,7 +295,16 @@ fn memory_budget_is_honoured() {
         assert!(s.peak_bytes() <= budget, "peak {} > budget {budget}", s.peak_bytes());
         assert_eq!(out == plain, expect_plain, "budget {budget}");
     }
+    let mag: MagCacheConfig = case_config("magcache_sincos");
+    let seer: TaylorSeerCacheConfig = case_config("taylorseer_sincos");
+    for cfg in [CacheConfig::MagCache(mag.clone()), CacheConfig::TaylorSeerCache(seer.clone())] {
+        let mut s = strategy(&c, &cfg);
+        let out = run(&mut c, s.as_mut());
+        assert!(s.peak_bytes() > 1000 && out != plain, "{}: the unlimited engine must cache", cfg.label());
+    }
     for cfg in [
+        CacheConfig::MagCache(MagCacheConfig { memory_budget_bytes: Some(1000), ..mag }),
+        CacheConfig::TaylorSeerCache(TaylorSeerCacheConfig { memory_budget_bytes: Some(1000), ..seer }),
         CacheConfig::FasterCache(FasterCacheConfig { memory_budget_bytes: Some(1000), ..FasterCacheConfig::cogvideox() }),
         CacheConfig::FirstBlockCache(FirstBlockCacheConfig { threshold: 10.0, memory_budget_bytes: Some(1000), ..Default::default() }),
     ] {
@@ -277,6 +325,16 @@ fn what_the_model_cannot_host_is_a_typed_error() {
     assert!(matches!(build::<B>(&temporal, &c.model.host_info()), Err(ConfigError::NotHostable(_))));
     let fc = CacheConfig::FasterCache(FasterCacheConfig { temporal_attention_block_skip_range: Some(2), ..FasterCacheConfig::cogvideox() });
     assert!(matches!(build::<B>(&fc, &c.model.host_info()), Err(ConfigError::NotHostable(_))));
+    // diffusers' default TaylorSeer patterns hook nothing on either family: refused, not a silent no-op.
+    for name in ["denoise_sincos", "latte_denoise"] {
+        let host = case(name).model.host_info();
+        let seer = CacheConfig::TaylorSeerCache(TaylorSeerCacheConfig::default());
+        assert!(matches!(build::<B>(&seer, &host), Err(ConfigError::NotHostable(m)) if m.contains("cache_identifiers")), "{name}");
+        let norm = TaylorSeerCacheConfig { cache_identifiers: Some(vec![r"transformer_blocks\.\d+\.norm1".into()]), ..Default::default() };
+        assert!(matches!(build::<B>(&CacheConfig::TaylorSeerCache(norm), &host), Err(ConfigError::NotHostable(m)) if m.contains("cannot hook")), "{name}");
+    }
+    let magcache = CacheConfig::MagCache(MagCacheConfig::default());
+    assert!(matches!(build::<B>(&magcache, &c.model.host_info()), Err(ConfigError::Missing { field: "mag_ratios", .. })));
 }
 
 #[test]
@@ -291,4 +349,23 @@ fn a_stack_reports_every_members_decisions() {
     assert_eq!(stats.steps.len(), 12);
     assert!(stats.uncond().reused > 0 && stats.blocks().computed > 0);
     assert!(stats.steps.iter().all(|st| st.uncond.is_some() && st.blocks.is_some()));
+
+    // MagCache with PAB inside the blocks it runs; TaylorSeer with FBC.
+    let mut c = case("magcache_sincos");
+    let pab = CacheConfig::PyramidAttentionBroadcast(PyramidAttentionBroadcastConfig {
+        spatial_attention_block_skip_range: Some(2),
+        spatial_attention_timestep_skip_range: (0.0, 1000.0),
+        ..Default::default()
+    });
+    let mut s = strategy(&c, &CacheConfig::Stack { strategies: vec![c.cache.clone(), pab] });
+    let _ = run(&mut c, s.as_mut());
+    let stats = s.stats();
+    assert!(stats.blocks().reused > 0, "MagCache skipped no step");
+    assert!(stats.steps.iter().any(|st| st.attention.values().any(|d| *d == Decision::Skip)), "PAB reused nothing");
+    let mut c = case("taylorseer_sincos");
+    let fbc = CacheConfig::FirstBlockCache(FirstBlockCacheConfig { threshold: 0.3, ..Default::default() });
+    let mut s = strategy(&c, &CacheConfig::Stack { strategies: vec![fbc, c.cache.clone()] });
+    let _ = run(&mut c, s.as_mut());
+    let stats = s.stats();
+    assert!(stats.blocks().reused > 0 && stats.steps.iter().any(|st| st.attention.get("transformer_blocks.0.ff") == Some(&Decision::Skip)));
 }

@@ -114,3 +114,21 @@ impl fmt::Display for AttentionSite {
         write!(f, "{}.{}.{}", self.stack, self.index, self.attn)
     }
 }
+
+/// A hookable module of a model other than an attention site (TaylorSeer predicts any module's output),
+/// named like diffusers' module path: `{stack}.{index}.{name}` (e.g. `transformer_blocks.3.ff`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ModuleSite {
+    /// The block list the module lives in.
+    pub stack: &'static str,
+    /// Index of the block in that list.
+    pub index: usize,
+    /// The attribute name of the module in the block (`ff`).
+    pub name: &'static str,
+}
+
+impl fmt::Display for ModuleSite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.stack, self.index, self.name)
+    }
+}

@@ -1,9 +1,9 @@
-//! The two calls a model's forward makes to host a strategy inside its blocks, so that a model adds two
+//! The three calls a model's forward makes to host a strategy inside its blocks, so that a model adds two
 //! lines per hook point instead of re-deriving the protocol (and every model calls it the same way).
 
 use burn::tensor::backend::Backend;
 
-use crate::context::{AttentionSite, CallContext};
+use crate::context::{AttentionSite, CallContext, ModuleSite};
 use crate::strategy::{AttentionPlan, CacheStrategy, JointStates, TailPlan};
 
 /// One attention site: asks the strategy whether to compute, runs `compute` if so, and reports the output.
@@ -23,9 +23,25 @@ pub fn attention_site<B: Backend, S: CacheStrategy<B> + ?Sized>(
     out
 }
 
-/// A block stack: runs `head` (the first block), lets the strategy skip the rest, otherwise runs `tail`
-/// (the remaining blocks) and reports its output. Both closures get the strategy back, for the attention
-/// sites inside the blocks.
+/// Another hookable module (a block's feed-forward): like [`attention_site`], through
+/// [`CacheStrategy::before_module`] / [`CacheStrategy::after_module`].
+pub fn module_site<B: Backend, S: CacheStrategy<B> + ?Sized>(
+    strategy: &mut S,
+    ctx: &CallContext,
+    site: &ModuleSite,
+    compute: impl FnOnce() -> JointStates<B>,
+) -> JointStates<B> {
+    let out = match strategy.before_module(ctx, site) {
+        AttentionPlan::Compute => compute(),
+        AttentionPlan::Reuse(out) => out,
+    };
+    strategy.after_module(ctx, site, &out);
+    out
+}
+
+/// A block stack: lets the strategy skip the whole stack, otherwise runs `head` (the first block), lets the
+/// strategy skip the rest, otherwise runs `tail` (the remaining blocks) and reports its output. Both closures
+/// get the strategy back, for the attention and module sites inside the blocks.
 pub fn block_stack<B: Backend, S: CacheStrategy<B> + ?Sized, E>(
     strategy: &mut S,
     ctx: &CallContext,
@@ -33,12 +49,17 @@ pub fn block_stack<B: Backend, S: CacheStrategy<B> + ?Sized, E>(
     head: impl FnOnce(&mut S, JointStates<B>) -> Result<JointStates<B>, E>,
     tail: impl FnOnce(&mut S, JointStates<B>) -> Result<JointStates<B>, E>,
 ) -> Result<JointStates<B>, E> {
+    if let TailPlan::Skip(out) = strategy.before_blocks(ctx, &input) {
+        return Ok(out);
+    }
     let head_out = head(strategy, input.clone())?;
-    match strategy.after_head_block(ctx, &input, &head_out) {
-        TailPlan::Skip(out) => Ok(out),
+    let out = match strategy.after_head_block(ctx, &input, &head_out) {
+        TailPlan::Skip(out) => out,
         TailPlan::Compute => {
             let out = tail(strategy, head_out.clone())?;
-            Ok(strategy.after_tail_blocks(ctx, &head_out, out))
+            strategy.after_tail_blocks(ctx, &head_out, out)
         }
-    }
+    };
+    strategy.after_blocks(ctx, &input, &out);
+    Ok(out)
 }

@@ -7,17 +7,20 @@
 //! 1. the **denoiser call** ([`CacheStrategy::begin_forward`] / [`CacheStrategy::end_forward`]): the strategy
 //!    sees the classifier-free-guidance batch and the step, may ask the model to run the conditional half only,
 //!    and rebuilds the whole output (FasterCache's CFG-cache);
-//! 2. the **block stack** ([`CacheStrategy::after_head_block`] / [`CacheStrategy::after_tail_blocks`]): after the
-//!    first block the strategy may decide to skip the rest (First Block Cache);
+//! 2. the **block stack** ([`CacheStrategy::before_blocks`], [`CacheStrategy::after_head_block`],
+//!    [`CacheStrategy::after_tail_blocks`], [`CacheStrategy::after_blocks`]): before the stack the strategy may
+//!    skip all of it (MagCache), after the first block the rest (First Block Cache);
 //! 3. every **attention site** ([`CacheStrategy::before_attention`] / [`CacheStrategy::after_attention`]):
 //!    the strategy may return a stored or extrapolated output instead of computing one (Pyramid Attention
-//!    Broadcast, FasterCache).
+//!    Broadcast, FasterCache, TaylorSeer), and every other hookable **module site** (a block's feed-forward:
+//!    [`CacheStrategy::before_module`] / [`CacheStrategy::after_module`], TaylorSeer).
 //!
 //! Every hook receives the [`CallContext`] (step index, number of steps, the scheduler's timestep, what the
 //! batch holds) explicitly: there is no global callback. [`Identity`] does nothing and costs nothing;
 //! [`Stack`] composes strategies; [`StateMap`] keeps state per site and per branch context;
 //! [`MemoryLedger`] counts held bytes against an optional budget; [`CacheStats`] records decisions.
-//! [`attention_site`] and [`block_stack`] are the calls a model's forward makes at levels 2 and 3.
+//! [`attention_site`], [`module_site`] and [`block_stack`] are the calls a model's forward makes at levels 2
+//! and 3. Engines' configurations live in their crates; `cache-engines` knows them all.
 //! [`contiguous_params`] stores a host model's weights in the layout GPU backends read correctly.
 
 mod config;
@@ -31,11 +34,11 @@ mod stats;
 mod strategy;
 
 pub use config::{
-    classify, in_range, CacheConfig, ConfigError, FasterCacheConfig, FirstBlockCacheConfig, HostInfo, Identifiers,
-    Preset, PyramidAttentionBroadcastConfig, SiteClass, TensorFormat, TimestepRange, WeightSchedule,
+    check_range, check_skip, classify, in_range, read_config_file, require_class, ConfigError, HostInfo, Identifiers,
+    SiteClass, TimestepRange,
 };
-pub use context::{AttentionKind, AttentionSite, Branch, CallContext, CfgOrder, StepContext};
-pub use hooks::{attention_site, block_stack};
+pub use context::{AttentionKind, AttentionSite, Branch, CallContext, CfgOrder, ModuleSite, StepContext};
+pub use hooks::{attention_site, block_stack, module_site};
 pub use layout::contiguous_params;
 pub use memory::{joint_bytes, tensor_bytes, MemoryLedger};
 pub use stack::Stack;

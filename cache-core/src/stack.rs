@@ -2,7 +2,7 @@
 
 use burn::tensor::{backend::Backend, Tensor};
 
-use crate::context::{AttentionSite, CallContext};
+use crate::context::{AttentionSite, CallContext, ModuleSite};
 use crate::stats::CacheStats;
 use crate::strategy::{AttentionPlan, BatchPlan, CacheStrategy, JointStates, TailPlan};
 
@@ -10,9 +10,9 @@ use crate::strategy::{AttentionPlan, BatchPlan, CacheStrategy, JointStates, Tail
 ///
 /// - `begin_forward`: every member is asked; the call runs cond-only if any member asks for it.
 /// - `end_forward`: every member, in reverse order, each getting the previous one's output.
-/// - `after_head_block` / `before_attention`: members are asked in order and the first that skips or
+/// - `before_blocks` / `after_head_block` / `before_attention` / `before_module`: members are asked in order and the first that skips or
 ///   reuses decides; the members after it are not asked for that decision.
-/// - `after_tail_blocks` / `after_attention` / `reset`: every member, so each keeps its own state current
+/// - `after_blocks` / `after_tail_blocks` / `after_attention` / `after_module` / `reset`: every member, so each keeps its own state current
 ///   with what actually ran.
 pub struct Stack<B: Backend> {
     members: Vec<Box<dyn CacheStrategy<B>>>,
@@ -53,6 +53,32 @@ impl<B: Backend> CacheStrategy<B> for Stack<B> {
 
     fn end_forward(&mut self, ctx: &CallContext, output: Tensor<B, 5>) -> Tensor<B, 5> {
         self.members.iter_mut().rev().fold(output, |out, m| m.end_forward(ctx, out))
+    }
+
+    fn before_blocks(&mut self, ctx: &CallContext, input: &JointStates<B>) -> TailPlan<B> {
+        for m in &mut self.members {
+            if let TailPlan::Skip(out) = m.before_blocks(ctx, input) {
+                return TailPlan::Skip(out);
+            }
+        }
+        TailPlan::Compute
+    }
+
+    fn after_blocks(&mut self, ctx: &CallContext, input: &JointStates<B>, output: &JointStates<B>) {
+        self.members.iter_mut().for_each(|m| m.after_blocks(ctx, input, output));
+    }
+
+    fn before_module(&mut self, ctx: &CallContext, site: &ModuleSite) -> AttentionPlan<B> {
+        for m in &mut self.members {
+            if let AttentionPlan::Reuse(out) = m.before_module(ctx, site) {
+                return AttentionPlan::Reuse(out);
+            }
+        }
+        AttentionPlan::Compute
+    }
+
+    fn after_module(&mut self, ctx: &CallContext, site: &ModuleSite, output: &JointStates<B>) {
+        self.members.iter_mut().for_each(|m| m.after_module(ctx, site, output));
     }
 
     fn after_head_block(&mut self, ctx: &CallContext, input: &JointStates<B>, output: &JointStates<B>) -> TailPlan<B> {

@@ -24,9 +24,13 @@ pub struct StepTrace {
     pub step: usize,
     /// The scheduler's timestep.
     pub timestep: f64,
-    /// First Block Cache: the tail blocks.
+    /// The block stack: First Block Cache's tail, or MagCache's whole stack.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub blocks: Option<Decision>,
+    /// Whether a skipped `blocks` step skipped the whole stack (MagCache) rather than all blocks but the first
+    /// (FBC); for the ideal speedup, not part of the trace format.
+    #[serde(skip)]
+    pub whole_stack: bool,
     /// Per attention site (`transformer_blocks.0.attn1`).
     #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
     pub attention: BTreeMap<String, Decision>,
@@ -60,6 +64,8 @@ pub struct WorkModel {
     pub num_blocks: usize,
     /// The share of one block's work that its attention site does (0..1).
     pub attention_share: f64,
+    /// The share of one block's work that its feed-forward does (0..1): a predicted `….ff` module site.
+    pub ff_share: f64,
 }
 
 /// Statistics of one generation.
@@ -86,6 +92,7 @@ impl CacheStats {
         for s in &other.steps {
             let e = self.step_mut(s.step, s.timestep);
             e.blocks = e.blocks.or(s.blocks);
+            e.whole_stack |= s.whole_stack;
             e.uncond = e.uncond.or(s.uncond);
             // In a stack the first member that reuses decides, so a site was skipped if any member skipped it.
             for (k, v) in &s.attention {
@@ -111,12 +118,14 @@ impl CacheStats {
         c
     }
 
-    /// Attention computed vs reused, per kind; `kind_of` maps a site name to its kind.
-    pub fn attention_by_kind(&self, kind_of: impl Fn(&str) -> AttentionKind) -> BTreeMap<String, Counts> {
+    /// Attention computed vs reused, per kind; `kind_of` maps a site name to its kind, `None` for a module
+    /// site that is not attention (a feed-forward a TaylorSeer predicted), which is left out.
+    pub fn attention_by_kind(&self, kind_of: impl Fn(&str) -> Option<AttentionKind>) -> BTreeMap<String, Counts> {
         let mut out: BTreeMap<String, Counts> = BTreeMap::new();
         for s in &self.steps {
             for (site, d) in &s.attention {
-                let kind = format!("{:?}", kind_of(site)).to_lowercase();
+                let Some(kind) = kind_of(site) else { continue };
+                let kind = format!("{kind:?}").to_lowercase();
                 out.entry(kind).or_default().add(*d);
             }
         }
@@ -124,9 +133,10 @@ impl CacheStats {
     }
 
     /// The speedup the skip counts imply: work of the uncached run over work done, where a step costs
-    /// `num_blocks` block units per batch half, a skipped tail saves all blocks but the first, a reused
-    /// attention site saves `attention_share` of a block, and an approximated unconditional branch halves
-    /// the batch. Steps without an entry count as fully computed.
+    /// `num_blocks` block units per batch half, a skipped tail saves all blocks but the first (a skipped
+    /// whole stack all of them), a reused attention site saves `attention_share` of a block (a predicted
+    /// feed-forward `ff_share`), and an approximated unconditional branch halves the batch. Steps without an
+    /// entry count as fully computed.
     pub fn ideal_speedup(&self, work: &WorkModel, num_steps: usize) -> f64 {
         let full = work.num_blocks as f64;
         let mut done = 0.0;
@@ -135,9 +145,19 @@ impl CacheStats {
                 done += full;
                 continue;
             };
-            let blocks = if s.blocks == Some(Decision::Skip) { 1.0 } else { full };
-            let reused = s.attention.values().filter(|d| **d == Decision::Skip).count() as f64;
-            let units = (blocks - reused * work.attention_share).max(0.0);
+            let blocks = match s.blocks {
+                Some(Decision::Skip) if s.whole_stack => 0.0,
+                Some(Decision::Skip) => 1.0,
+                _ => full,
+            };
+            // The trace's `attention` map names every hooked module; a feed-forward ends in `.ff`.
+            let reused: f64 = s
+                .attention
+                .iter()
+                .filter(|(_, d)| **d == Decision::Skip)
+                .map(|(name, _)| if name.ends_with(".ff") { work.ff_share } else { work.attention_share })
+                .sum();
+            let units = (blocks - reused).max(0.0);
             let batch = if s.uncond == Some(Decision::Skip) { 0.5 } else { 1.0 };
             done += units * batch;
         }
@@ -163,13 +183,19 @@ mod tests {
         let mut s = CacheStats::default();
         s.step_mut(0, 999.0).blocks = Some(Decision::Compute);
         s.step_mut(1, 900.0).blocks = Some(Decision::Skip);
-        let w = WorkModel { num_blocks: 4, attention_share: 0.5 };
+        let w = WorkModel { num_blocks: 4, attention_share: 0.5, ff_share: 0.25 };
         // 4 + 1 units instead of 8.
         assert!((s.ideal_speedup(&w, 2) - 8.0 / 5.0).abs() < 1e-12);
         s.step_mut(1, 900.0).uncond = Some(Decision::Skip);
         s.step_mut(0, 999.0).attention.insert("transformer_blocks.1.attn1".into(), Decision::Skip);
         // step 0: 4 - 0.5 = 3.5; step 1: 1 * 0.5.
         assert!((s.ideal_speedup(&w, 2) - 8.0 / 4.0).abs() < 1e-12);
+        s.step_mut(0, 999.0).attention.insert("transformer_blocks.2.ff".into(), Decision::Skip);
+        // step 0: 3.5 - 0.25 = 3.25.
+        assert!((s.ideal_speedup(&w, 2) - 8.0 / 3.75).abs() < 1e-12);
+        // A whole-stack skip (MagCache) saves the first block too: step 1 costs 0.
+        s.step_mut(1, 900.0).whole_stack = true;
+        assert!((s.ideal_speedup(&w, 2) - 8.0 / 3.25).abs() < 1e-12);
     }
 
     #[test]

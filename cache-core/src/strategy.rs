@@ -2,7 +2,7 @@
 
 use burn::tensor::{backend::Backend, Tensor};
 
-use crate::context::{AttentionSite, CallContext};
+use crate::context::{AttentionSite, CallContext, ModuleSite};
 use crate::stats::CacheStats;
 
 /// The token streams a block or an attention site produces: the video tokens and, in a joint-attention
@@ -97,6 +97,15 @@ pub trait CacheStrategy<B: Backend> {
         output
     }
 
+    /// Before the block stack runs, with its input: [`TailPlan::Skip`] replaces the *whole* stack's output
+    /// (MagCache); no block runs and neither `after_head_block` nor `after_blocks` is called.
+    fn before_blocks(&mut self, _ctx: &CallContext, _input: &JointStates<B>) -> TailPlan<B> {
+        TailPlan::Compute
+    }
+
+    /// After the block stack ran (whatever skipped inside it), with its input and its output.
+    fn after_blocks(&mut self, _ctx: &CallContext, _input: &JointStates<B>, _output: &JointStates<B>) {}
+
     /// After the first block of the block stack, with its input and output.
     fn after_head_block(
         &mut self,
@@ -125,6 +134,14 @@ pub trait CacheStrategy<B: Backend> {
 
     /// After an attention site produced its output (computed or reused).
     fn after_attention(&mut self, _ctx: &CallContext, _site: &AttentionSite, _output: &JointStates<B>) {}
+
+    /// Before a hookable module other than attention computes (a block's feed-forward).
+    fn before_module(&mut self, _ctx: &CallContext, _site: &ModuleSite) -> AttentionPlan<B> {
+        AttentionPlan::Compute
+    }
+
+    /// After such a module produced its output (computed or reused).
+    fn after_module(&mut self, _ctx: &CallContext, _site: &ModuleSite, _output: &JointStates<B>) {}
 
     /// What the strategy decided since the last reset.
     fn stats(&self) -> CacheStats {
@@ -156,6 +173,18 @@ macro_rules! forward_strategy {
             }
             fn end_forward(&mut self, ctx: &CallContext, output: Tensor<B, 5>) -> Tensor<B, 5> {
                 (**self).end_forward(ctx, output)
+            }
+            fn before_blocks(&mut self, ctx: &CallContext, input: &JointStates<B>) -> TailPlan<B> {
+                (**self).before_blocks(ctx, input)
+            }
+            fn after_blocks(&mut self, ctx: &CallContext, input: &JointStates<B>, output: &JointStates<B>) {
+                (**self).after_blocks(ctx, input, output)
+            }
+            fn before_module(&mut self, ctx: &CallContext, site: &ModuleSite) -> AttentionPlan<B> {
+                (**self).before_module(ctx, site)
+            }
+            fn after_module(&mut self, ctx: &CallContext, site: &ModuleSite, output: &JointStates<B>) {
+                (**self).after_module(ctx, site, output)
             }
             fn after_head_block(&mut self, ctx: &CallContext, input: &JointStates<B>, output: &JointStates<B>) -> TailPlan<B> {
                 (**self).after_head_block(ctx, input, output)

@@ -25,9 +25,12 @@ use std::collections::HashMap;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use cache_core::{
     in_range, joint_bytes, AttentionPlan, AttentionSite, BatchPlan, Branch, CacheStats, CacheStrategy, CallContext,
-    CfgOrder, ConfigError, Decision, FasterCacheConfig, JointStates, MemoryLedger, SiteClass, StateMap, StepContext,
-    TensorFormat, TimestepRange,
+    CfgOrder, ConfigError, Decision, JointStates, MemoryLedger, SiteClass, StateMap, StepContext,
+    TimestepRange,
 };
+
+mod config;
+pub use config::{FasterCacheConfig, TensorFormat, WeightSchedule};
 use rustfft::num_complex::Complex32;
 
 pub use freq::Fft2;

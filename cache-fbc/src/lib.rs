@@ -12,9 +12,12 @@
 
 use burn::tensor::{backend::Backend, Tensor};
 use cache_core::{
-    joint_bytes, tensor_bytes, CacheStats, CacheStrategy, CallContext, Decision, FirstBlockCacheConfig, JointStates,
+    joint_bytes, tensor_bytes, CacheStats, CacheStrategy, CallContext, Decision, JointStates,
     MemoryLedger, StateMap, TailPlan,
 };
+
+mod config;
+pub use config::FirstBlockCacheConfig;
 
 /// State of one context (and batch size).
 struct FbcState<B: Backend> {

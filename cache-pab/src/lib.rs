@@ -15,8 +15,11 @@ use std::collections::HashMap;
 use burn::tensor::backend::Backend;
 use cache_core::{
     in_range, joint_bytes, AttentionPlan, AttentionSite, CacheStats, CacheStrategy, CallContext, ConfigError,
-    Decision, JointStates, MemoryLedger, PyramidAttentionBroadcastConfig, SiteClass, StateMap, TimestepRange,
+    Decision, JointStates, MemoryLedger, SiteClass, StateMap, TimestepRange,
 };
+
+mod config;
+pub use config::{anchored, default_spatial_ids, PyramidAttentionBroadcastConfig};
 
 struct PabState<B: Backend> {
     iteration: usize,

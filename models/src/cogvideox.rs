@@ -9,14 +9,14 @@ use burn::module::Module;
 use burn::tensor::activation::silu;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use cache_core::{
-    attention_site, block_stack, AttentionKind, AttentionSite, CacheStrategy, CallContext,
-    HostInfo, JointStates,
+    attention_site, block_stack, module_site, AttentionKind, AttentionSite, CacheStrategy, CallContext,
+    HostInfo, JointStates, ModuleSite,
 };
 
 use crate::config::CogVideoXConfig;
 use crate::embeddings;
 use crate::error::{ModelError, Result};
-use crate::input::{denoiser_call, ForwardInput};
+use crate::input::{checked, denoiser_call, ForwardInput};
 use crate::nn::{FeedForward, LayerNorm, Linear, TimestepEmbedding};
 use crate::ops::ModelBackend;
 use crate::weights::{VarBuilder, WeightSource};
@@ -224,6 +224,11 @@ impl<B: ModelBackend> CogVideoXBlock<B> {
         AttentionSite { stack: "transformer_blocks", index: self.index, attn: "attn1", kind: AttentionKind::Spatial }
     }
 
+    /// The feed-forward of this block as a module site (`transformer_blocks.{i}.ff`).
+    pub fn ff_site(&self) -> ModuleSite {
+        ModuleSite { stack: "transformer_blocks", index: self.index, name: "ff" }
+    }
+
     /// # Shapes
     /// `x.hidden`: `[B, N, D]`, `x.encoder`: `[B, S, D]`, `temb`: `[B, time_embed_dim]` → the same shapes
     pub fn forward<S: CacheStrategy<B> + ?Sized>(
@@ -245,8 +250,10 @@ impl<B: ModelBackend> CogVideoXBlock<B> {
 
         let m = self.norm2.forward(&hidden, &encoder, temb);
         let (mh, me) = streams(m.states)?;
-        let l = s + mh.dims()[1];
-        let ff = self.ff.forward(Tensor::cat(vec![me, mh], 1));
+        let mh_dims = mh.dims();
+        let l = s + mh_dims[1];
+        let ff = module_site(strategy, ctx, &self.ff_site(), || JointStates::single(self.ff.forward(Tensor::cat(vec![me, mh], 1))));
+        let ff = checked(ff, [mh_dims[0], l, mh_dims[2]], &self.ff_site())?;
         Ok(JointStates::joint(
             hidden + m.gate * ff.clone().narrow(1, s, l - s),
             encoder + m.enc_gate * ff.narrow(1, 0, s),
@@ -343,10 +350,22 @@ impl<B: ModelBackend> CogVideoXTransformer3DModel<B> {
 
     /// What this model offers to cache engines: its attention sites and its block count.
     pub fn host_info(&self) -> HostInfo {
+        let n = self.transformer_blocks.len();
+        let top = ["", "patch_embed", "patch_embed.proj", "patch_embed.text_proj", "embedding_dropout", "time_proj",
+                   "time_embedding", "time_embedding.linear_1", "time_embedding.act", "time_embedding.linear_2"];
+        let tail = ["norm_final", "norm_out", "norm_out.silu", "norm_out.linear", "norm_out.norm", "proj_out"];
+        let module_names = top
+            .iter()
+            .map(|s| s.to_string())
+            .chain(crate::host::block_names("transformer_blocks", n, &crate::host::cogvideox_block()))
+            .chain(tail.iter().map(|s| s.to_string()))
+            .collect();
         HostInfo {
             sites: self.transformer_blocks.iter().map(CogVideoXBlock::site).collect(),
-            num_blocks: self.transformer_blocks.len(),
+            num_blocks: n,
             tensor_format: "BFCHW".into(),
+            modules: self.transformer_blocks.iter().map(CogVideoXBlock::ff_site).collect(),
+            module_names,
         }
     }
 
@@ -356,6 +375,14 @@ impl<B: ModelBackend> CogVideoXTransformer3DModel<B> {
         let d = self.config.inner_dim() as f64;
         let l = tokens as f64;
         (4.0 * d * d + 2.0 * l * d) / (12.0 * d * d + 2.0 * l * d)
+    }
+
+    /// The share of a block's work done by its feed-forward (`8·D²` per token), same accounting as
+    /// [`CogVideoXTransformer3DModel::attention_share`].
+    pub fn ff_share(&self, tokens: usize) -> f64 {
+        let d = self.config.inner_dim() as f64;
+        let l = tokens as f64;
+        (8.0 * d * d) / (12.0 * d * d + 2.0 * l * d)
     }
 
     /// Positional embeddings for latents of `frames × height × width` (latent frames, latent pixels):

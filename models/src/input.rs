@@ -1,7 +1,7 @@
 //! What one denoiser call takes, shared by the models.
 
 use burn::tensor::{backend::Backend, Tensor};
-use cache_core::{BatchPlan, CacheStrategy, CallContext};
+use cache_core::{BatchPlan, CacheStrategy, CallContext, JointStates};
 
 use crate::error::{ModelError, Result};
 
@@ -78,4 +78,16 @@ pub(crate) fn denoiser_call<B: Backend, S: CacheStrategy<B> + ?Sized>(
     };
     let out = blocks(input, &run_ctx, strategy)?;
     Ok(strategy.end_forward(ctx, out))
+}
+
+/// The video stream of what a strategy handed back (at an attention site or for the block stack), checked
+/// against the shape the model continues with.
+pub(crate) fn checked<B: Backend>(out: JointStates<B>, dims: [usize; 3], at: &dyn std::fmt::Display) -> Result<Tensor<B, 3>> {
+    if out.hidden.dims() != dims {
+        return Err(ModelError::Strategy(format!(
+            "{at}: the strategy's output has shape {:?}, the model needs {dims:?}",
+            out.hidden.dims()
+        )));
+    }
+    Ok(out.hidden)
 }

@@ -19,13 +19,14 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::silu;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use cache_core::{
-    attention_site, block_stack, AttentionKind, AttentionSite, CacheStrategy, CallContext, HostInfo,
+    attention_site, block_stack, module_site, AttentionKind, AttentionSite, CacheStrategy, CallContext, HostInfo,
+    ModuleSite,
     JointStates,
 };
 
 use crate::embeddings;
 use crate::error::{ModelError, Result};
-use crate::input::{denoiser_call, ForwardInput};
+use crate::input::{checked, denoiser_call, ForwardInput};
 use crate::latte_config::LatteConfig;
 use crate::nn::{gelu_tanh, FeedForward, LayerNorm, Linear, TimestepEmbedding};
 use crate::ops::ModelBackend;
@@ -171,6 +172,11 @@ impl<B: ModelBackend> BasicTransformerBlock<B> {
         v
     }
 
+    /// The feed-forward of this block as a module site (`{stack}.{i}.ff`).
+    pub fn ff_site(&self) -> ModuleSite {
+        ModuleSite { stack: self.stack, index: self.index, name: "ff" }
+    }
+
     /// # Shapes
     /// - `x`: `[B, R·T, D]`, `R` attention rows of `T` tokens per sample (frames × patches for a spatial
     ///   block, patches × frames for a temporal one) → the same shape
@@ -209,20 +215,9 @@ impl<B: ModelBackend> BasicTransformerBlock<B> {
         };
 
         let norm = self.norm2.forward_modulated(x.clone(), scale_mlp, shift_mlp);
-        Ok(gate_mlp * self.ff.forward(norm) + x)
+        let ff = module_site(strategy, ctx, &self.ff_site(), || JointStates::single(self.ff.forward(norm)));
+        Ok(gate_mlp * checked(ff, [b, n, d], &self.ff_site())? + x)
     }
-}
-
-/// The video stream of what a strategy handed back (at an attention site or for the block stack), checked
-/// against the shape the model continues with.
-fn checked<B: Backend>(out: JointStates<B>, dims: [usize; 3], at: &dyn std::fmt::Display) -> Result<Tensor<B, 3>> {
-    if out.hidden.dims() != dims {
-        return Err(ModelError::Strategy(format!(
-            "{at}: the strategy's output has shape {:?}, the model needs {dims:?}",
-            out.hidden.dims()
-        )));
-    }
-    Ok(out.hidden)
 }
 
 /// `[B, F·P, D]` (frame-major) ↔ `[B, P·F, D]` (patch-major).
@@ -317,7 +312,29 @@ impl<B: ModelBackend> LatteTransformer3DModel<B> {
             .zip(&self.temporal_transformer_blocks)
             .flat_map(|(s, t)| s.sites().into_iter().chain(t.sites()))
             .collect();
-        HostInfo { sites, num_blocks: 2 * self.transformer_blocks.len(), tensor_format: "BCFHW".into() }
+        let n = self.transformer_blocks.len();
+        let modules = self
+            .transformer_blocks
+            .iter()
+            .zip(&self.temporal_transformer_blocks)
+            .flat_map(|(s, t)| [s.ff_site(), t.ff_site()])
+            .collect();
+        let module_names = ["", "pos_embed", "pos_embed.proj"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(crate::host::block_names("transformer_blocks", n, &crate::host::latte_block(true)))
+            .chain(crate::host::block_names("temporal_transformer_blocks", n, &crate::host::latte_block(false)))
+            .chain(
+                ["norm_out", "proj_out", "adaln_single", "adaln_single.emb", "adaln_single.emb.time_proj",
+                 "adaln_single.emb.timestep_embedder", "adaln_single.emb.timestep_embedder.linear_1",
+                 "adaln_single.emb.timestep_embedder.act", "adaln_single.emb.timestep_embedder.linear_2",
+                 "adaln_single.silu", "adaln_single.linear", "caption_projection", "caption_projection.linear_1",
+                 "caption_projection.act_1", "caption_projection.linear_2"]
+                    .iter()
+                    .map(|s| s.to_string()),
+            )
+            .collect();
+        HostInfo { sites, num_blocks: 2 * n, tensor_format: "BCFHW".into(), modules, module_names }
     }
 
     /// The mean work of one attention site as a share of the mean block's work (what a reused site saves,
@@ -334,6 +351,14 @@ impl<B: ModelBackend> LatteTransformer3DModel<B> {
         let attn = spatial + cross + temporal;
         let pair = attn + 2.0 * 8.0 * d * d;
         (attn / 3.0) / (pair / 2.0)
+    }
+
+    /// The work of one block's feed-forward (`8·D²` per token) as a share of the mean block's work, with the
+    /// same accounting as [`LatteTransformer3DModel::attention_share`].
+    pub fn ff_share(&self, frames: usize, patches: usize, text: usize) -> f64 {
+        // A pair of blocks does `attn + 16·D²` = three sites' work plus two feed-forwards; with
+        // share = (attn / 3) / (pair / 2), one feed-forward over the mean block is 1 − 1.5·share.
+        1.0 - 1.5 * self.attention_share(frames, patches, text)
     }
 
     /// Positional tables for latents of `frames × height × width` (latent pixels), as `PatchEmbed` and the

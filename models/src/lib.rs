@@ -6,6 +6,7 @@
 //! transformer ([`LatteTransformer3DModel`], spatial, temporal and cross attention) with `DDIMScheduler` and
 //! the `LattePipeline` loop ([`LattePipeline`]).
 
+mod host;
 pub mod cogvideox;
 pub mod config;
 pub mod embeddings;

@@ -139,11 +139,12 @@ def rewired_forward(model, steps):
     return types.MethodType(forward, model)
 
 
-def apply_fbc(model, threshold):
-    """diffusers' FBC hooks on transformer_blocks.0 (head), then every later block in call order, the last
-    temporal step as the tail. Returns an undo function."""
+def rewire(model, state, head_hook, block_hook, hook_names):
+    """Rewires the forward (temporal half-steps as `TemporalStep`s, checked to leave the output bit for bit
+    unchanged) and applies a cache's block hooks in call order: `head_hook(block, state)` on
+    transformer_blocks.0, `block_hook(block, state, is_tail)` on every later block, the last temporal step as the
+    tail. Returns an undo function."""
     steps = [TemporalStep(model, i) for i in range(len(model.temporal_transformer_blocks))]
-    # The rewiring alone must not change the result.
     g = torch.Generator().manual_seed(99)
     c = model.config
     x = torch.randn(2, c.in_channels, c.video_length, 8, 8, generator=g)
@@ -153,25 +154,33 @@ def apply_fbc(model, threshold):
     model.forward = rewired_forward(model, steps)
     assert torch.equal(stock, model(hidden_states=x, encoder_hidden_states=e, timestep=t, return_dict=False)[0])
 
-    state = fbc_module.StateManager(fbc_module.FBCSharedBlockState, (), {})
     # The context Latte's pipeline does not set (CogVideoX's pipeline names its batched call "cond_uncond").
     state.set_context(CacheContext("cond_uncond"))
     order = []
     for spatial, step in zip(model.transformer_blocks, steps):
         order += [spatial, step]
-    fbc_module._apply_fbc_head_block_hook(order[0], state, threshold)
+    head_hook(order[0], state)
     for block in order[1:-1]:
-        fbc_module._apply_fbc_block_hook(block, state)
-    fbc_module._apply_fbc_block_hook(order[-1], state, is_tail=True)
+        block_hook(block, state, False)
+    block_hook(order[-1], state, True)
 
     def undo():
         del model.forward
         for block in order:
-            for name in (fbc_module._FBC_LEADER_BLOCK_HOOK, fbc_module._FBC_BLOCK_HOOK):
+            for name in hook_names:
                 if name in block._diffusers_hook.hooks:
                     block._diffusers_hook.remove_hook(name)
 
     return undo
+
+
+def apply_fbc(model, threshold):
+    """diffusers' FBC hooks on the rewired forward (`rewire`). Returns an undo function."""
+    return rewire(
+        model, fbc_module.StateManager(fbc_module.FBCSharedBlockState, (), {}),
+        lambda block, state: fbc_module._apply_fbc_head_block_hook(block, state, threshold),
+        lambda block, state, tail: fbc_module._apply_fbc_block_hook(block, state, is_tail=tail),
+        (fbc_module._FBC_LEADER_BLOCK_HOOK, fbc_module._FBC_BLOCK_HOOK))
 
 
 def run_pipeline(model, inputs, steps, guidance, cache=None):

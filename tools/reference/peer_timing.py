@@ -11,7 +11,7 @@ with TF32 off unless `--tf32` (burn 0.21's CUDA matmuls run float32 through tens
 `--tf32` is the like-for-like speed comparison); `tools/gpu/check.sh` uses it.
 
 A stack is applied as diffusers' hooks one after the other (apply_faster_cache, apply_first_block_cache,
-apply_pyramid_attention_broadcast), in the stack's order.
+apply_pyramid_attention_broadcast, apply_mag_cache, apply_taylorseer_cache), in the stack's order.
 """
 import argparse
 import json
@@ -26,11 +26,17 @@ from diffusers import CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransf
 from diffusers.hooks import (
     FasterCacheConfig,
     FirstBlockCacheConfig,
+    MagCacheConfig,
     PyramidAttentionBroadcastConfig,
+    TaylorSeerCacheConfig,
     apply_faster_cache,
     apply_first_block_cache,
+    apply_mag_cache,
     apply_pyramid_attention_broadcast,
+    apply_taylorseer_cache,
 )
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 SCHEDULER = dict(
     beta_end=0.012, beta_schedule="scaled_linear", beta_start=0.00085, clip_sample=False, num_train_timesteps=1000,
@@ -61,6 +67,15 @@ def apply(model, cache, pipe):
             raise ValueError("linear attention_weight schedules are ours only")
         apply_faster_cache(model, FasterCacheConfig(current_timestep_callback=ts, attention_weight_callback=lambda _: w,
                                                     **kw))
+    elif cache["type"] == "mag_cache":
+        kw["mag_ratios"] = list(kw["mag_ratios"])
+        apply_mag_cache(model, MagCacheConfig(**kw))
+    elif cache["type"] == "taylorseer_cache":
+        kw["taylor_factors_dtype"] = DTYPES[kw.get("taylor_factors_dtype", "bfloat16")]
+        for k in ("cache_identifiers", "skip_predict_identifiers"):
+            if k in kw:
+                kw[k] = list(kw[k])
+        apply_taylorseer_cache(model, TaylorSeerCacheConfig(**kw))
     else:
         raise ValueError(cache["type"])
 

@@ -1,11 +1,12 @@
 //! A user's own class-conditional DiT (adaLN-Zero blocks, as in Peebles & Xie, "Scalable Diffusion Models
 //! with Transformers"), written with burn-nn, that hosts every cache engine of this workspace.
 //!
-//! Hosting takes four additions, each marked `// cache:` below:
-//! 1. `host_info`: the attention sites (named like the module paths) and the number of blocks;
+//! Hosting takes five additions, each marked `// cache:` below:
+//! 1. `host_info`: the attention and feed-forward sites (named like the module paths) and the number of blocks;
 //! 2. the denoiser call: `begin_forward` (run the conditional half only if asked) and `end_forward`;
 //! 3. the block stack: [`block_stack`] around the first block and the rest;
-//! 4. each attention: [`attention_site`] around the computation.
+//! 4. each attention: [`attention_site`] around the computation;
+//! 5. each MLP: [`module_site`] around it (TaylorSeer predicts any hooked module's output).
 
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
@@ -14,8 +15,8 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use cache_core::{
-    attention_site, block_stack, AttentionKind, AttentionSite, BatchPlan, CacheStrategy, CallContext, HostInfo,
-    JointStates,
+    attention_site, block_stack, module_site, AttentionKind, AttentionSite, BatchPlan, CacheStrategy, CallContext, HostInfo,
+    JointStates, ModuleSite,
 };
 
 /// The model's hyper-parameters.
@@ -100,6 +101,11 @@ impl<B: Backend> Block<B> {
         AttentionSite { stack: "blocks", index: self.index, attn: "attn", kind: AttentionKind::Spatial }
     }
 
+    /// cache: this block's MLP as a module site (`blocks.3.mlp`).
+    pub fn mlp_site(&self) -> ModuleSite {
+        ModuleSite { stack: "blocks", index: self.index, name: "mlp" }
+    }
+
     fn attn(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, n, d] = x.dims();
         let qkv = self.qkv.forward(x).reshape([b, n, 3, self.heads, d / self.heads]).permute([2, 0, 3, 1, 4]);
@@ -126,7 +132,9 @@ impl<B: Backend> Block<B> {
         let a = attention_site(strategy, ctx, &self.site(), || JointStates::single(self.attn(h))).hidden;
         let x = x + gate1 * a;
         let h = self.norm2.forward(x.clone()) * (scale2 + 1.0) + shift2;
-        x + gate2 * self.fc2.forward(gelu(self.fc1.forward(h)))
+        // cache: the MLP, computed or predicted by the strategy.
+        let m = module_site(strategy, ctx, &self.mlp_site(), || JointStates::single(self.fc2.forward(gelu(self.fc1.forward(h)))));
+        x + gate2 * m.hidden
     }
 }
 
@@ -153,7 +161,14 @@ impl<B: Backend> DiT<B> {
     /// cache: what the model offers to the engines. Its output is an image `[B, C, H, W]`, handed to them as
     /// a one-frame video `[B, C, 1, H, W]`, hence `BCFHW`.
     pub fn host_info(&self) -> HostInfo {
-        HostInfo { sites: self.blocks.iter().map(Block::site).collect(), num_blocks: self.blocks.len(), tensor_format: "BCFHW".into() }
+        HostInfo {
+            sites: self.blocks.iter().map(Block::site).collect(),
+            num_blocks: self.blocks.len(),
+            tensor_format: "BCFHW".into(),
+            modules: self.blocks.iter().map(Block::mlp_site).collect(),
+            // No module list: engines selecting by name see the sites above only.
+            module_names: Vec::new(),
+        }
     }
 
     /// The denoiser call. `ctx.branch` states the batch: diffusers' DiT pipeline batches

@@ -10,8 +10,7 @@ use burn::tensor::{Distribution, Tensor};
 use cache_core::{Branch, CallContext, CfgOrder, Identity, StepContext};
 use clap::{Parser, Subcommand};
 use benches::bench::{add_comparison, svg_plot, table, BenchOptions};
-use benches::strategies::label;
-use cache_core::CacheConfig;
+use cache_engines::CacheConfig;
 use models::weights::save_safetensors;
 use benches::video_model::VideoModel;
 use models::{CogVideoXConfig, CogVideoXTransformer3DModel, ForwardInput, HostTensor, LatteConfig, WeightSource};
@@ -60,6 +59,10 @@ enum Command {
     Sample(SampleArgs),
     /// Searches the engines' parameters for the fastest configuration that meets a quality target.
     Tune(TuneArgs),
+    /// Measures what an engine needs for a model and step count: MagCache's per-step magnitude ratios (one
+    /// generation in diffusers' calibration mode), written as a MagCache config file that `bench --strategy`
+    /// and `CacheConfig::from_file` load.
+    Calibrate(CalibrateArgs),
     /// Writes a preset model with random weights as a diffusers model directory (config.json + safetensors).
     ExportModel {
         /// `s`, `2b`, `5b` (CogVideoX), `latte` (the Latte bench model) or `latte-1`.
@@ -145,6 +148,35 @@ struct BenchArgs {
     /// Write what `tools/reference/peer_timing.py` needs (model, inputs, strategies) to this directory.
     #[arg(long)]
     export: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct CalibrateArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// The config file to write (`.toml` or JSON).
+    #[arg(long, default_value = "magcache.json")]
+    out: PathBuf,
+    /// The threshold written with the ratios.
+    #[arg(long, default_value_t = 0.06)]
+    threshold: f64,
+}
+
+fn calibrate(a: CalibrateArgs) -> Result<ExitCode, String> {
+    let device = backend::device();
+    let (mut model, _, opts) = a.run.load(1)?;
+    let ratios = benches::bench::calibrate_magcache(&mut model, &opts, &device)?;
+    let cfg = benches::bench::magcache(opts.steps, &ratios, a.threshold, cache_engines::MagCacheConfig::default().max_skip_steps);
+    cfg.validate().map_err(|e| e.to_string())?;
+    let text = if a.out.extension().is_some_and(|e| e == "toml") {
+        toml_string(&cfg)?
+    } else {
+        serde_json::to_string_pretty(&cfg).expect("json")
+    };
+    std::fs::write(&a.out, &text).map_err(|e| format!("{}: {e}", a.out.display()))?;
+    println!("{text}");
+    eprintln!("wrote {} (MagCache ratios of {} over {} steps)", a.out.display(), a.run.model, opts.steps);
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(clap::Args)]
@@ -292,13 +324,15 @@ fn bench(a: BenchArgs) -> Result<ExitCode, String> {
     }
     let (mut model, weights, opts) = a.run.load(a.repeats)?;
     let strategies = if a.strategies.is_empty() {
-        benches::bench::default_strategies(&model.host_info())
+        eprintln!("calibrating MagCache on {} ({} steps)", a.run.model, opts.steps);
+        let ratios = benches::bench::calibrate_magcache(&mut model, &opts, &device)?;
+        benches::bench::default_strategies(&model.host_info(), opts.steps, &ratios)
     } else {
         a.strategies
             .iter()
             .map(|p| {
                 let cfg = CacheConfig::from_file(p).map_err(|e| e.to_string())?;
-                let name = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| label(&cfg));
+                let name = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| cfg.label());
                 Ok((name, cfg))
             })
             .collect::<Result<Vec<_>, String>>()?
@@ -370,7 +404,7 @@ struct SampleArgs {
 fn sample(a: SampleArgs) -> Result<ExitCode, String> {
     let device = backend::device();
     let (mut model, _, opts) = a.run.load(1)?;
-    let config = match a.strategy.parse::<cache_core::Preset>() {
+    let config = match a.strategy.parse::<cache_engines::Preset>() {
         Ok(p) => CacheConfig::preset(p, &model.host_info()),
         Err(_) => CacheConfig::from_file(std::path::Path::new(&a.strategy)).map_err(|e| e.to_string())?,
     };
@@ -433,6 +467,7 @@ fn main() -> ExitCode {
         Command::ExportModel { preset: p, seed, out } => export(&p, seed, &out),
         Command::Bench(a) => bench(a),
         Command::Tune(a) => tune(a),
+        Command::Calibrate(a) => calibrate(a),
         Command::Sample(a) => sample(a),
     };
     match result {

@@ -1,33 +1,8 @@
-//! Builds a cache strategy from its configuration.
+//! Short labels of configurations, for tables.
 
-use burn::tensor::backend::Backend;
-use cache_core::{
-    CacheConfig, CacheStrategy, ConfigError, HostInfo, Identity, PyramidAttentionBroadcastConfig, Stack, WeightSchedule,
-};
-use cache_fastercache::FasterCache;
-use cache_fbc::FirstBlockCache;
-use cache_pab::PyramidAttentionBroadcast;
+use crate::{CacheConfig, PyramidAttentionBroadcastConfig, WeightSchedule};
 
-/// A boxed strategy for `config`, after checking that `host` can take it.
-pub fn build<B: Backend>(config: &CacheConfig, host: &HostInfo) -> Result<Box<dyn CacheStrategy<B>>, ConfigError> {
-    config.check_host(host)?;
-    build_checked(config)
-}
-
-fn build_checked<B: Backend>(config: &CacheConfig) -> Result<Box<dyn CacheStrategy<B>>, ConfigError> {
-    Ok(match config {
-        CacheConfig::None => Box::new(Identity),
-        CacheConfig::FirstBlockCache(c) => Box::new(FirstBlockCache::<B>::new(c.clone())),
-        CacheConfig::PyramidAttentionBroadcast(c) => Box::new(PyramidAttentionBroadcast::<B>::new(c.clone())?),
-        CacheConfig::FasterCache(c) => Box::new(FasterCache::<B>::new(c.clone())?),
-        CacheConfig::Stack { strategies } => {
-            Box::new(Stack::new(strategies.iter().map(build_checked).collect::<Result<_, _>>()?))
-        }
-    })
-}
-
-/// A short label of a configuration, for tables: `fbc(0.05)`, `pab(s2)`, `fastercache`, `a+b`.
-pub fn label(config: &CacheConfig) -> String {
+pub(crate) fn label(config: &CacheConfig) -> String {
     match config {
         CacheConfig::None => "none".into(),
         CacheConfig::FirstBlockCache(c) => format!("fbc({})", c.threshold),
@@ -54,6 +29,12 @@ pub fn label(config: &CacheConfig) -> String {
                 WeightSchedule::Linear { start, end } => format!("{start}..{end}"),
             };
             format!("fastercache(u{},w{w})", c.unconditional_batch_skip_range)
+        }
+        CacheConfig::MagCache(c) if c.calibrate => "magcache(calibrate)".into(),
+        CacheConfig::MagCache(c) => format!("magcache({},k{})", c.threshold, c.max_skip_steps),
+        CacheConfig::TaylorSeerCache(c) => {
+            let after = c.disable_cache_after_step.map(|a| format!(",a{a}")).unwrap_or_default();
+            format!("taylorseer(i{},o{},b{}{after})", c.cache_interval, c.max_order, c.disable_cache_before_step)
         }
         CacheConfig::Stack { strategies } => strategies.iter().map(label).collect::<Vec<_>>().join("+"),
     }

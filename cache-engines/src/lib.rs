@@ -1,0 +1,140 @@
+//! # cache-engines: every engine behind one configuration
+//!
+//! The facade a user depends on to turn a configuration (code, JSON or TOML) into an engine for a model:
+//! [`CacheConfig`] is the tagged union of every engine's configuration with diffusers' names
+//! (`{"type": "first_block_cache", "threshold": 0.05}`, `type = "mag_cache"` in TOML; a stack is
+//! `{"type": "stack", "strategies": [...]}`), [`CacheConfig::check_host`] says whether a model can take it,
+//! [`build`] makes the engine, [`Preset`] names the three presets. `cache-core` knows no engine; adding an
+//! engine touches its crate and this one.
+
+mod label;
+mod preset;
+
+use std::path::Path;
+
+use burn::tensor::backend::Backend;
+pub use cache_core::{self, CacheStrategy, ConfigError, HostInfo, Identity, Stack};
+pub use cache_fastercache::{FasterCache, FasterCacheConfig, TensorFormat, WeightSchedule};
+pub use cache_fbc::{FirstBlockCache, FirstBlockCacheConfig};
+pub use cache_magcache::{MagCache, MagCacheConfig};
+pub use cache_pab::{PyramidAttentionBroadcast, PyramidAttentionBroadcastConfig};
+pub use cache_taylorseer::{patterns_for_host as cache_taylorseer_patterns, FactorDtype, TaylorSeer, TaylorSeerCacheConfig};
+pub use preset::Preset;
+use serde::{Deserialize, Serialize};
+
+/// A cache strategy's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum CacheConfig {
+    /// No caching.
+    None,
+    /// First Block Cache.
+    FirstBlockCache(FirstBlockCacheConfig),
+    /// Pyramid Attention Broadcast.
+    PyramidAttentionBroadcast(PyramidAttentionBroadcastConfig),
+    /// FasterCache.
+    FasterCache(FasterCacheConfig),
+    /// MagCache.
+    MagCache(MagCacheConfig),
+    /// TaylorSeer.
+    #[serde(rename = "taylorseer_cache")]
+    TaylorSeerCache(TaylorSeerCacheConfig),
+    /// Several strategies, consulted in this order at every hook.
+    Stack {
+        /// The members.
+        strategies: Vec<CacheConfig>,
+    },
+}
+
+/// Pairs of engines a stack refuses, with why: each pair would decide the same thing, or one would change
+/// what the other's state assumes.
+fn conflict(a: &CacheConfig, b: &CacheConfig) -> Option<&'static str> {
+    use CacheConfig as C;
+    Some(match (a, b) {
+        (C::FirstBlockCache(_), C::FirstBlockCache(_)) => "two First Block Caches decide the same tail",
+        (C::FasterCache(_), C::FasterCache(_)) => "two FasterCaches rebuild the same unconditional branch",
+        (C::MagCache(_), C::MagCache(_)) => "two MagCaches decide the same block stack",
+        (C::MagCache(_), C::FirstBlockCache(_)) | (C::FirstBlockCache(_), C::MagCache(_)) => {
+            "MagCache and First Block Cache both decide the block stack"
+        }
+        (C::TaylorSeerCache(_), C::TaylorSeerCache(_)) => "two TaylorSeers predict the same modules",
+        (C::MagCache(_), C::FasterCache(_)) | (C::FasterCache(_), C::MagCache(_)) => {
+            "FasterCache's conditional-only calls change the batch MagCache's residual was stored for"
+        }
+        (C::TaylorSeerCache(_), C::FasterCache(_)) | (C::FasterCache(_), C::TaylorSeerCache(_)) => {
+            "FasterCache's conditional-only calls change the batch TaylorSeer's factors were stored for"
+        }
+        _ => return None,
+    })
+}
+
+impl CacheConfig {
+    /// Reads a JSON or TOML file (by extension; anything but `.toml` is read as JSON) and validates it.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let cfg: Self = cache_core::read_config_file(path)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values (each engine's own checks) and stacks: no nesting, no conflicting pair.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match self {
+            CacheConfig::None => Ok(()),
+            CacheConfig::FirstBlockCache(c) => c.validate(),
+            CacheConfig::PyramidAttentionBroadcast(c) => c.validate(),
+            CacheConfig::FasterCache(c) => c.validate(),
+            CacheConfig::MagCache(c) => c.validate(),
+            CacheConfig::TaylorSeerCache(c) => c.validate(),
+            CacheConfig::Stack { strategies } => {
+                if strategies.iter().any(|s| matches!(s, CacheConfig::Stack { .. })) {
+                    return Err(ConfigError::Conflict("stacks do not nest; list the strategies in one stack".into()));
+                }
+                for (i, a) in strategies.iter().enumerate() {
+                    if let Some(why) = strategies[i + 1..].iter().find_map(|b| conflict(a, b)) {
+                        return Err(ConfigError::Conflict(why.into()));
+                    }
+                }
+                strategies.iter().try_for_each(CacheConfig::validate)
+            }
+        }
+    }
+
+    /// [`CacheConfig::validate`], then checks that `host` has what the configuration asks to cache.
+    pub fn check_host(&self, host: &HostInfo) -> Result<(), ConfigError> {
+        self.validate()?;
+        match self {
+            CacheConfig::None => Ok(()),
+            CacheConfig::FirstBlockCache(c) => c.check_host(host),
+            CacheConfig::PyramidAttentionBroadcast(c) => c.check_host(host),
+            CacheConfig::FasterCache(c) => c.check_host(host),
+            CacheConfig::MagCache(c) => c.check_host(host),
+            CacheConfig::TaylorSeerCache(c) => c.check_host(host),
+            CacheConfig::Stack { strategies } => strategies.iter().try_for_each(|s| s.check_host(host)),
+        }
+    }
+
+    /// A short label for tables: `fbc(0.05)`, `pab(s2)`, `magcache(0.1,k3)`, `taylorseer(i4,o1)`, `a+b`.
+    pub fn label(&self) -> String {
+        label::label(self)
+    }
+}
+
+/// A boxed engine for `config`, after checking that `host` can take it.
+pub fn build<B: Backend>(config: &CacheConfig, host: &HostInfo) -> Result<Box<dyn CacheStrategy<B>>, ConfigError> {
+    config.check_host(host)?;
+    build_checked(config)
+}
+
+fn build_checked<B: Backend>(config: &CacheConfig) -> Result<Box<dyn CacheStrategy<B>>, ConfigError> {
+    Ok(match config {
+        CacheConfig::None => Box::new(Identity),
+        CacheConfig::FirstBlockCache(c) => Box::new(FirstBlockCache::<B>::new(c.clone())),
+        CacheConfig::PyramidAttentionBroadcast(c) => Box::new(PyramidAttentionBroadcast::<B>::new(c.clone())?),
+        CacheConfig::FasterCache(c) => Box::new(FasterCache::<B>::new(c.clone())?),
+        CacheConfig::MagCache(c) => Box::new(MagCache::<B>::new(c.clone())),
+        CacheConfig::TaylorSeerCache(c) => Box::new(TaylorSeer::<B>::new(c.clone())?),
+        CacheConfig::Stack { strategies } => {
+            Box::new(Stack::new(strategies.iter().map(build_checked).collect::<Result<_, _>>()?))
+        }
+    })
+}

@@ -1,0 +1,143 @@
+//! The tagged configuration: diffusers' names and defaults, typed validation errors, host checks, stacks.
+
+use cache_engines::cache_core::{AttentionKind, AttentionSite, ModuleSite};
+use cache_engines::*;
+
+fn cogvideox_host() -> HostInfo {
+    let sites = (0..2)
+        .map(|i| AttentionSite { stack: "transformer_blocks", index: i, attn: "attn1", kind: AttentionKind::Spatial })
+        .collect();
+    let modules = (0..2).map(|i| ModuleSite { stack: "transformer_blocks", index: i, name: "ff" }).collect();
+    let module_names = (0..2)
+        .flat_map(|i| ["", ".norm1", ".attn1", ".attn1.to_q", ".ff", ".ff.net.0.proj"].map(|n| format!("transformer_blocks.{i}{n}")))
+        .chain(["proj_out".to_string()])
+        .collect();
+    HostInfo { sites, num_blocks: 2, tensor_format: "BFCHW".into(), modules, module_names }
+}
+
+#[test]
+fn json_uses_diffusers_names_and_defaults() {
+    let c: CacheConfig = serde_json::from_str(
+        r#"{"type": "pyramid_attention_broadcast", "spatial_attention_block_skip_range": 2}"#,
+    )
+    .unwrap();
+    let CacheConfig::PyramidAttentionBroadcast(p) = &c else { panic!("{c:?}") };
+    assert_eq!(p.spatial_attention_timestep_skip_range, (100.0, 800.0));
+    assert_eq!(p.temporal_attention_block_skip_range, None);
+    let c: CacheConfig = serde_json::from_str(r#"{"type": "faster_cache", "attention_weight": 0.3}"#).unwrap();
+    let CacheConfig::FasterCache(f) = &c else { panic!() };
+    assert_eq!((f.attention_weight, f.unconditional_batch_skip_range), (WeightSchedule::Constant(0.3), 5));
+    let c: CacheConfig = toml::from_str("type = \"first_block_cache\"\nthreshold = 0.1\n").unwrap();
+    assert_eq!(c, CacheConfig::FirstBlockCache(FirstBlockCacheConfig { threshold: 0.1, ..Default::default() }));
+    assert!(serde_json::from_str::<CacheConfig>(r#"{"type": "first_block_cache", "treshold": 0.1}"#).is_err());
+}
+
+#[test]
+fn validation_errors_are_typed() {
+    let fbc = CacheConfig::FirstBlockCache(FirstBlockCacheConfig { threshold: -0.1, ..Default::default() });
+    assert!(matches!(fbc.validate(), Err(ConfigError::Negative { field: "threshold", .. })));
+    let pab = CacheConfig::PyramidAttentionBroadcast(PyramidAttentionBroadcastConfig {
+        spatial_attention_block_skip_range: Some(0),
+        ..Default::default()
+    });
+    assert!(matches!(pab.validate(), Err(ConfigError::ZeroSkipRange { .. })));
+    let pab = CacheConfig::PyramidAttentionBroadcast(PyramidAttentionBroadcastConfig {
+        spatial_attention_block_skip_range: Some(2),
+        spatial_attention_timestep_skip_range: (800.0, 100.0),
+        ..Default::default()
+    });
+    assert!(matches!(pab.validate(), Err(ConfigError::EmptyRange { lo, hi, .. }) if lo == 800.0 && hi == 100.0));
+    let fc = CacheConfig::FasterCache(FasterCacheConfig { tensor_format: "BHWC".into(), ..Default::default() });
+    assert_eq!(fc.validate(), Err(ConfigError::UnknownTensorFormat("BHWC".into())));
+}
+
+#[test]
+fn temporal_attention_on_a_model_without_any_is_refused() {
+    let pab = CacheConfig::PyramidAttentionBroadcast(PyramidAttentionBroadcastConfig {
+        temporal_attention_block_skip_range: Some(2),
+        ..Default::default()
+    });
+    assert!(matches!(pab.check_host(&cogvideox_host()), Err(ConfigError::NotHostable(m)) if m.contains("temporal")));
+    // Presets drop what the model lacks, so they always fit.
+    for p in [Preset::Quality, Preset::Balanced, Preset::Speed] {
+        CacheConfig::preset(p, &cogvideox_host()).check_host(&cogvideox_host()).unwrap();
+    }
+}
+
+
+#[test]
+fn new_engines_use_diffusers_names() {
+    let c: CacheConfig = serde_json::from_str(
+        r#"{"type": "mag_cache", "threshold": 1.42, "max_skip_steps": 2, "retention_ratio": 0.2,
+            "num_inference_steps": 12, "mag_ratios": [1.0, 1.02, 0.98]}"#,
+    )
+    .unwrap();
+    let CacheConfig::MagCache(m) = &c else { panic!("{c:?}") };
+    assert_eq!((m.threshold, m.max_skip_steps, m.num_inference_steps, m.calibrate), (1.42, 2, 12, false));
+    let c: CacheConfig = serde_json::from_str(
+        r#"{"type": "taylorseer_cache", "cache_interval": 3, "disable_cache_before_step": 2,
+            "disable_cache_after_step": null, "max_order": 1, "taylor_factors_dtype": "float32",
+            "cache_identifiers": ["transformer_blocks\\.\\d+\\.attn1"]}"#,
+    )
+    .unwrap();
+    let CacheConfig::TaylorSeerCache(t) = &c else { panic!("{c:?}") };
+    assert_eq!((t.cache_interval, t.taylor_factors_dtype), (3, FactorDtype::Float32));
+    let d: CacheConfig = toml::from_str("type = \"taylorseer_cache\"\n").unwrap();
+    assert_eq!(d, CacheConfig::TaylorSeerCache(TaylorSeerCacheConfig::default()));
+    assert!(serde_json::from_str::<CacheConfig>(r#"{"type": "taylorseer_cache", "taylor_factors_dtype": "int8"}"#).is_err());
+}
+
+#[test]
+fn magcache_without_ratios_says_how_to_get_them() {
+    let c = CacheConfig::MagCache(MagCacheConfig::default());
+    let e = c.check_host(&cogvideox_host()).unwrap_err();
+    assert!(matches!(&e, ConfigError::Missing { field: "mag_ratios", .. }), "{e}");
+    assert!(e.to_string().contains("ditcache calibrate"), "{e}");
+    CacheConfig::MagCache(MagCacheConfig::calibration(12)).check_host(&cogvideox_host()).unwrap();
+}
+
+#[test]
+fn taylorseer_defaults_hook_nothing_on_cogvideox_and_are_refused() {
+    let e = CacheConfig::TaylorSeerCache(TaylorSeerCacheConfig::default()).check_host(&cogvideox_host()).unwrap_err();
+    let ConfigError::NotHostable(m) = &e else { panic!("{e:?}") };
+    assert!(m.contains("attn1") && m.contains(r"transformer_blocks\\.\\d+\\.ff"), "{m}");
+    // A pattern that selects a module the host cannot hook (a norm, a whole block) is refused by name.
+    for p in [r"transformer_blocks\.\d+\.norm1", r"transformer_blocks\.\d+", "proj_out"] {
+        let c = TaylorSeerCacheConfig { cache_identifiers: Some(vec![p.into()]), ..Default::default() };
+        let e = CacheConfig::TaylorSeerCache(c).check_host(&cogvideox_host()).unwrap_err();
+        assert!(matches!(&e, ConfigError::NotHostable(m) if m.contains("cannot hook")), "{p}: {e}");
+    }
+    let lite = TaylorSeerCacheConfig { use_lite_mode: true, ..Default::default() };
+    assert!(CacheConfig::TaylorSeerCache(lite).check_host(&cogvideox_host()).is_err());
+    let ok = TaylorSeerCacheConfig {
+        cache_identifiers: Some(vec![r"transformer_blocks\.\d+\.(attn1|ff)".into()]),
+        ..Default::default()
+    };
+    CacheConfig::TaylorSeerCache(ok).check_host(&cogvideox_host()).unwrap();
+    let bad = TaylorSeerCacheConfig { disable_cache_before_step: 0, ..Default::default() };
+    assert!(CacheConfig::TaylorSeerCache(bad).validate().is_err());
+}
+
+#[test]
+fn stacks_refuse_engines_that_decide_the_same_thing() {
+    let mag = CacheConfig::MagCache(MagCacheConfig { mag_ratios: Some(vec![1.0; 4]), ..Default::default() });
+    let fbc = CacheConfig::FirstBlockCache(FirstBlockCacheConfig::default());
+    let seer = CacheConfig::TaylorSeerCache(TaylorSeerCacheConfig {
+        cache_identifiers: Some(vec![r"transformer_blocks\.\d+\.ff".into()]),
+        ..Default::default()
+    });
+    let faster = CacheConfig::FasterCache(FasterCacheConfig::cogvideox());
+    let pab = CacheConfig::PyramidAttentionBroadcast(PyramidAttentionBroadcastConfig {
+        spatial_attention_block_skip_range: Some(2),
+        ..Default::default()
+    });
+    for pair in [[mag.clone(), fbc.clone()], [fbc.clone(), mag.clone()], [mag.clone(), mag.clone()], [seer.clone(), seer.clone()],
+                 [mag.clone(), faster.clone()], [faster.clone(), seer.clone()]] {
+        let s = CacheConfig::Stack { strategies: pair.to_vec() };
+        assert!(matches!(s.validate(), Err(ConfigError::Conflict(_))), "{}", s.label());
+    }
+    for pair in [[mag.clone(), pab.clone()], [seer.clone(), fbc.clone()], [mag, seer]] {
+        let s = CacheConfig::Stack { strategies: pair.to_vec() };
+        s.check_host(&cogvideox_host()).unwrap();
+    }
+}
