@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use benches::backend::{device, Backend};
 use benches::bench::{calibrate_magcache, default_strategies, BenchOptions};
-use benches::video_model::VideoModel;
+use benches::video_model::{BenchModel, VideoModel};
 use cache_core::{CacheStrategy, Identity};
 use cache_engines::{build, CacheConfig};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};

@@ -14,7 +14,7 @@ use models::{DenoiseInput, DenoiseOptions, HostTensor, ModelBackend};
 use serde::{Deserialize, Serialize};
 
 use crate::parity::rel_l2;
-use crate::video_model::VideoModel;
+use crate::video_model::{BenchModel, VideoModel};
 
 /// The default strategy list: FBC 0.05 / 0.1 / 0.2, PAB spatial 2, FasterCache ([`FasterCacheConfig::for_host`]),
 /// MagCache at two thresholds with `mag_ratios` (from [`calibrate_magcache`] on this model and step count),
@@ -89,7 +89,7 @@ pub fn calibrate_magcache<B: ModelBackend>(
     let cal = BenchOptions { seed: opts.seed.wrapping_add(CALIBRATION_SEED_OFFSET), ..opts.clone() };
     let input = model.bench_inputs(&cal, device);
     let mut engine = MagCache::<B>::new(MagCacheConfig::calibration(opts.steps));
-    model.denoise(input, &mut engine, DenoiseOptions::default())?;
+    model.denoise(input, &mut engine, DenoiseOptions::default()).map_err(|e| e.to_string())?;
     let ratios = engine.calibrated_ratios().ok_or("MagCache calibration did not complete its steps")?;
     Ok(ratios.iter().map(|&r| r as f64).collect())
 }
@@ -199,10 +199,10 @@ pub fn generate<B: ModelBackend>(
 ) -> Result<(Vec<f32>, CacheStats, usize, f64), String> {
     let start = Instant::now();
     let (out, stats, peak): (Tensor<B, 5>, CacheStats, usize) = match config {
-        None => (model.denoise(input.clone(), &mut Identity, DenoiseOptions::default())?, CacheStats::default(), 0),
+        None => (model.denoise(input.clone(), &mut Identity, DenoiseOptions::default()).map_err(|e| e.to_string())?, CacheStats::default(), 0),
         Some(cfg) => {
             let mut s = build::<B>(cfg, &model.host_info()).map_err(|e| e.to_string())?;
-            let out = model.denoise(input.clone(), &mut *s, DenoiseOptions::default())?;
+            let out = model.denoise(input.clone(), &mut *s, DenoiseOptions::default()).map_err(|e| e.to_string())?;
             (out, s.stats(), s.peak_bytes())
         }
     };

@@ -139,7 +139,7 @@ fn try_run_case<B: ModelBackend>(dir: &Path, device: &B::Device) -> Result<Outco
     match spec.kind.as_str() {
         "forward" => {
             let tensors = read_safetensors(&dir.join("case.safetensors")).map_err(|e| e.to_string())?;
-            let model = VideoModel::<B>::from_dir(dir, device)?;
+            let model = VideoModel::<B>::from_dir(dir, device).map_err(|e| e.to_string())?;
             let err = run_forward(&model, &tensors, device)?;
             Ok((spec.kind, err, tol, None))
         }
@@ -170,7 +170,7 @@ fn run_forward<B: ModelBackend>(
         encoder_hidden_states: take(tensors, "encoder_hidden_states")?.to_tensor::<B, 3>(device),
         timestep: take(tensors, "timestep")?.data.clone(),
     };
-    let out = HostTensor::from_tensor(model.forward(input)?);
+    let out = HostTensor::from_tensor(model.forward(input).map_err(|e| e.to_string())?);
     if out.shape != expected.shape {
         return Err(format!("output shape {:?}, expected {:?}", out.shape, expected.shape));
     }
@@ -211,7 +211,7 @@ fn load_denoise_spec<B: ModelBackend>(dir: &Path, spec: &CaseSpec, device: &B::D
     if !dir.join("scheduler").join("scheduler_config.json").exists() {
         return Err(format!("{}: a denoise case needs scheduler/scheduler_config.json", dir.display()));
     }
-    let mut model = VideoModel::<B>::from_dir(dir, device)?;
+    let mut model = VideoModel::<B>::from_dir(dir, device).map_err(|e| e.to_string())?;
     let cache: CacheConfig = match &spec.cache {
         None | Some(serde_json::Value::Null) => CacheConfig::None,
         Some(v) => serde_json::from_value(v.clone()).map_err(|e| format!("case.json `cache`: {e}"))?,
@@ -219,7 +219,7 @@ fn load_denoise_spec<B: ModelBackend>(dir: &Path, spec: &CaseSpec, device: &B::D
     let steps = spec.num_inference_steps.ok_or("denoise case without num_inference_steps")?;
     let guidance = spec.guidance_scale.ok_or("denoise case without guidance_scale")?;
     let expected_t: Vec<i64> = take(&tensors, "timesteps")?.data.iter().map(|&v| v as i64).collect();
-    let ours_t = model.timesteps(steps)?;
+    let ours_t = model.timesteps(steps).map_err(|e| e.to_string())?;
     if ours_t != expected_t {
         return Err(format!("timesteps differ: ours {ours_t:?}, diffusers {expected_t:?}"));
     }
@@ -246,7 +246,7 @@ fn run_denoise<B: ModelBackend>(dir: &Path, spec: &CaseSpec, device: &B::Device)
     let mut case = load_denoise_spec::<B>(dir, spec, device)?;
     let mut strategy =
         cache_engines::build::<B>(&case.cache, &case.model.host_info()).map_err(|e| e.to_string())?;
-    let out = case.model.denoise(case.input, &mut *strategy, DenoiseOptions::default())?;
+    let out = case.model.denoise(case.input, &mut *strategy, DenoiseOptions::default()).map_err(|e| e.to_string())?;
     let out = HostTensor::from_tensor(out);
     if out.shape != case.expected.shape {
         return Err(format!("final latents shape {:?}, expected {:?}", out.shape, case.expected.shape));

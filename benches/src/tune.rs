@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::bench::{calibrate_magcache, generate, magcache, psnr, taylorseer, BenchOptions};
 use crate::parity::rel_l2;
-use crate::video_model::VideoModel;
+use crate::video_model::{BenchModel, VideoModel};
 
 /// A quality target against the uncached latents.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -66,6 +66,35 @@ fn config_files_round_trip_in_json_and_toml() {
 }
 
 #[test]
+fn calibrate_writes_a_magcache_config_that_bench_and_the_library_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mag.toml");
+    let out = ditcache()
+        .args(["calibrate", "--steps", "6", "--threshold", "0.3", "--out", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let CacheConfig::MagCache(m) = CacheConfig::from_file(&path).unwrap() else { panic!("not a MagCache config") };
+    let ratios = m.mag_ratios.clone().unwrap();
+    assert_eq!((m.num_inference_steps, m.threshold, ratios.len(), ratios[0]), (6, 0.3, 6, 1.0));
+    assert!(ratios.iter().all(|r| r.is_finite() && *r > 0.0), "{ratios:?}");
+    let json = dir.path().join("report.json");
+    let out = ditcache()
+        .args(["bench", "--steps", "6", "--repeats", "1", "--strategy", path.to_str().unwrap(), "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["rows"][1]["config"]["type"], "mag_cache");
+    // A config without ratios is refused with the way to get them.
+    std::fs::write(&path, "type = \"mag_cache\"\n").unwrap();
+    let out = ditcache().args(["bench", "--strategy", path.to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ditcache calibrate"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn latent_size_reaches_the_run_and_the_exported_config() {
     let dir = tempfile::tempdir().unwrap();
     let none = dir.path().join("none.json");

@@ -369,3 +369,23 @@ fn a_stack_reports_every_members_decisions() {
     let stats = s.stats();
     assert!(stats.blocks().reused > 0 && stats.steps.iter().any(|st| st.attention.get("transformer_blocks.0.ff") == Some(&Decision::Skip)));
 }
+
+#[test]
+fn magcache_calibration_reproduces_diffusers_ratios() {
+    // The cases' `mag_ratios` are what diffusers' calibration printed for the case's model and inputs (12 steps);
+    // ours, measured on the same ones, must agree to float32 rounding.
+    for name in ["magcache_sincos", "magcache_rotary_interpolated", "latte_magcache"] {
+        let mut c = case(name);
+        let expected: MagCacheConfig = case_config(name);
+        let expected = expected.mag_ratios.unwrap();
+        c.input.num_inference_steps = expected.len();
+        let mut engine = MagCache::<B>::new(MagCacheConfig::calibration(expected.len()));
+        run(&mut c, &mut engine);
+        let ours = engine.calibrated_ratios().expect("a complete run");
+        assert_eq!(ours.len(), expected.len(), "{name}");
+        for (i, (o, e)) in ours.iter().zip(&expected).enumerate() {
+            assert!((*o as f64 - e).abs() < 1e-4, "{name} step {i}: ours {o}, diffusers {e}");
+        }
+        assert!(engine.stats().blocks().reused == 0, "{name}: calibration never skips");
+    }
+}

@@ -348,24 +348,16 @@ impl<B: ModelBackend> CogVideoXTransformer3DModel<B> {
         Self::load(&config, &mut weights, device)
     }
 
-    /// What this model offers to cache engines: its attention sites and its block count.
+    /// What this model offers to cache engines: its attention sites, its feed-forwards as module sites, its
+    /// block count, and diffusers' names of all its modules.
     pub fn host_info(&self) -> HostInfo {
         let n = self.transformer_blocks.len();
-        let top = ["", "patch_embed", "patch_embed.proj", "patch_embed.text_proj", "embedding_dropout", "time_proj",
-                   "time_embedding", "time_embedding.linear_1", "time_embedding.act", "time_embedding.linear_2"];
-        let tail = ["norm_final", "norm_out", "norm_out.silu", "norm_out.linear", "norm_out.norm", "proj_out"];
-        let module_names = top
-            .iter()
-            .map(|s| s.to_string())
-            .chain(crate::host::block_names("transformer_blocks", n, &crate::host::cogvideox_block()))
-            .chain(tail.iter().map(|s| s.to_string()))
-            .collect();
         HostInfo {
             sites: self.transformer_blocks.iter().map(CogVideoXBlock::site).collect(),
             num_blocks: n,
             tensor_format: "BFCHW".into(),
             modules: self.transformer_blocks.iter().map(CogVideoXBlock::ff_site).collect(),
-            module_names,
+            module_names: crate::host::cogvideox_names(n),
         }
     }
 

@@ -3,7 +3,7 @@
 //! nothing.
 
 /// `prefix.{i}.{rel}` for each block `i` and each name relative to the block (`""` is the block itself).
-pub(crate) fn block_names(prefix: &str, blocks: usize, rel: &[String]) -> Vec<String> {
+fn block_names(prefix: &str, blocks: usize, rel: &[String]) -> Vec<String> {
     let mut v = vec![prefix.to_string()];
     for i in 0..blocks {
         v.extend(rel.iter().map(|r| if r.is_empty() { format!("{prefix}.{i}") } else { format!("{prefix}.{i}.{r}") }));
@@ -19,7 +19,7 @@ fn prefixed(prefix: &str, rel: &[&str]) -> Vec<String> {
 }
 
 /// `CogVideoXBlock`'s modules, relative to the block.
-pub(crate) fn cogvideox_block() -> Vec<String> {
+fn cogvideox_block() -> Vec<String> {
     let mut v: Vec<String> = ["", "norm1", "norm1.silu", "norm1.linear", "norm1.norm"].map(String::from).to_vec();
     v.extend(prefixed("attn1", &ATTN));
     v.extend(["attn1.norm_q", "attn1.norm_k", "attn1.to_out.1"].map(String::from));
@@ -29,7 +29,7 @@ pub(crate) fn cogvideox_block() -> Vec<String> {
 }
 
 /// `BasicTransformerBlock`'s modules as Latte builds them, relative to the block (`cross`: with `attn2`).
-pub(crate) fn latte_block(cross: bool) -> Vec<String> {
+fn latte_block(cross: bool) -> Vec<String> {
     let mut v: Vec<String> = ["", "norm1"].map(String::from).to_vec();
     v.extend(prefixed("attn1", &ATTN));
     v.push("attn1.to_out.1".into());
@@ -40,4 +40,51 @@ pub(crate) fn latte_block(cross: bool) -> Vec<String> {
     }
     v.extend(["ff", "ff.net", "ff.net.0", "ff.net.0.proj", "ff.net.1", "ff.net.2"].map(String::from));
     v
+}
+
+fn owned(names: &[&str]) -> Vec<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+/// `CogVideoXTransformer3DModel`'s modules with `blocks` blocks.
+pub(crate) fn cogvideox_names(blocks: usize) -> Vec<String> {
+    let mut v = owned(&["", "patch_embed", "patch_embed.proj", "patch_embed.text_proj", "embedding_dropout", "time_proj",
+                        "time_embedding", "time_embedding.linear_1", "time_embedding.act", "time_embedding.linear_2"]);
+    v.extend(block_names("transformer_blocks", blocks, &cogvideox_block()));
+    v.extend(owned(&["norm_final", "norm_out", "norm_out.silu", "norm_out.linear", "norm_out.norm", "proj_out"]));
+    v
+}
+
+/// `LatteTransformer3DModel`'s modules with `blocks` spatial and `blocks` temporal blocks.
+pub(crate) fn latte_names(blocks: usize) -> Vec<String> {
+    let mut v = owned(&["", "pos_embed", "pos_embed.proj"]);
+    v.extend(block_names("transformer_blocks", blocks, &latte_block(true)));
+    v.extend(block_names("temporal_transformer_blocks", blocks, &latte_block(false)));
+    v.extend(owned(&[
+        "norm_out", "proj_out", "adaln_single", "adaln_single.emb", "adaln_single.emb.time_proj",
+        "adaln_single.emb.timestep_embedder", "adaln_single.emb.timestep_embedder.linear_1",
+        "adaln_single.emb.timestep_embedder.act", "adaln_single.emb.timestep_embedder.linear_2", "adaln_single.silu",
+        "adaln_single.linear", "caption_projection", "caption_projection.linear_1", "caption_projection.act_1",
+        "caption_projection.linear_2",
+    ]));
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_names_follow_diffusers_named_modules() {
+        // diffusers' `named_modules()` of the parity cases' two-block models (tools/reference), in its order.
+        let cog = cogvideox_names(2);
+        assert_eq!(cog.len(), 67);
+        assert_eq!(&cog[10..14], ["transformer_blocks", "transformer_blocks.0", "transformer_blocks.0.norm1",
+                                  "transformer_blocks.0.norm1.silu"]);
+        assert!(cog.contains(&"transformer_blocks.1.ff.net.3".to_string()));
+        let latte = latte_names(2);
+        assert_eq!(latte.len(), 98);
+        assert!(latte.contains(&"temporal_transformer_blocks.1.ff.net.0.proj".to_string()));
+        assert!(!latte.contains(&"temporal_transformer_blocks.0.attn2".to_string()));
+    }
 }

@@ -20,8 +20,7 @@ use burn::tensor::activation::silu;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use cache_core::{
     attention_site, block_stack, module_site, AttentionKind, AttentionSite, CacheStrategy, CallContext, HostInfo,
-    ModuleSite,
-    JointStates,
+    JointStates, ModuleSite,
 };
 
 use crate::embeddings;
@@ -319,21 +318,7 @@ impl<B: ModelBackend> LatteTransformer3DModel<B> {
             .zip(&self.temporal_transformer_blocks)
             .flat_map(|(s, t)| [s.ff_site(), t.ff_site()])
             .collect();
-        let module_names = ["", "pos_embed", "pos_embed.proj"]
-            .iter()
-            .map(|s| s.to_string())
-            .chain(crate::host::block_names("transformer_blocks", n, &crate::host::latte_block(true)))
-            .chain(crate::host::block_names("temporal_transformer_blocks", n, &crate::host::latte_block(false)))
-            .chain(
-                ["norm_out", "proj_out", "adaln_single", "adaln_single.emb", "adaln_single.emb.time_proj",
-                 "adaln_single.emb.timestep_embedder", "adaln_single.emb.timestep_embedder.linear_1",
-                 "adaln_single.emb.timestep_embedder.act", "adaln_single.emb.timestep_embedder.linear_2",
-                 "adaln_single.silu", "adaln_single.linear", "caption_projection", "caption_projection.linear_1",
-                 "caption_projection.act_1", "caption_projection.linear_2"]
-                    .iter()
-                    .map(|s| s.to_string()),
-            )
-            .collect();
+        let module_names = crate::host::latte_names(n);
         HostInfo { sites, num_blocks: 2 * n, tensor_format: "BCFHW".into(), modules, module_names }
     }
 

@@ -20,6 +20,7 @@ pub mod ops;
 pub mod pipeline;
 pub mod scheduler;
 pub mod scheduler_ddim;
+pub mod video_model;
 pub mod weights;
 
 pub use cogvideox::{CogVideoXTransformer3DModel, Positions};
@@ -33,4 +34,5 @@ pub use latte_config::LatteConfig;
 pub use latte_pipeline::LattePipeline;
 pub use scheduler_ddim::{DDIMScheduler, DDIMSchedulerConfig};
 pub use scheduler::{CogVideoXDDIMScheduler, CogVideoXDDIMSchedulerConfig};
+pub use video_model::VideoModel;
 pub use weights::{HostTensor, WeightSource};

@@ -183,9 +183,19 @@ def apply_fbc(model, threshold):
         (fbc_module._FBC_LEADER_BLOCK_HOOK, fbc_module._FBC_BLOCK_HOOK))
 
 
+def call_pipeline(pipe, inputs, steps, guidance):
+    """`LattePipeline.__call__` on these inputs, latents out."""
+    latents, prompt, negative = inputs
+    return pipe(
+        prompt_embeds=prompt, negative_prompt_embeds=negative, negative_prompt=None, latents=latents.clone(),
+        video_length=latents.shape[2], height=latents.shape[3] * 8, width=latents.shape[4] * 8,
+        num_inference_steps=steps, guidance_scale=guidance, output_type="latent", return_dict=False,
+    )[0]
+
+
 def run_pipeline(model, inputs, steps, guidance, cache=None):
     """One LattePipeline call (output_type="latent"); returns final latents, guided outputs, recorder."""
-    latents, prompt, negative = inputs
+    latents = inputs[0]
     scheduler = DDIMScheduler(**SCHEDULER)
     pipe = LattePipeline(tokenizer=None, text_encoder=None, vae=None, transformer=model, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
@@ -204,11 +214,7 @@ def run_pipeline(model, inputs, steps, guidance, cache=None):
         model.enable_cache(cfg)
     rec.attach(model)
     try:
-        final = pipe(
-            prompt_embeds=prompt, negative_prompt_embeds=negative, negative_prompt=None, latents=latents.clone(),
-            video_length=latents.shape[2], height=latents.shape[3] * 8, width=latents.shape[4] * 8,
-            num_inference_steps=steps, guidance_scale=guidance, output_type="latent", return_dict=False,
-        )[0]
+        final = call_pipeline(pipe, inputs, steps, guidance)
     finally:
         restore_fbc()
         rec.detach(model)

@@ -20,7 +20,6 @@ and one keeps the default `bfloat16` factors. Latte's pipeline sets no cache con
 """
 import argparse
 import os
-import re
 import sys
 
 import numpy as np
@@ -144,7 +143,7 @@ def run_latte(model, inputs, steps, guidance, cache):
     """generate_latte_cases.run_pipeline, with MagCache on the rewiring and TaylorSeer in a set context."""
     from diffusers import DDIMScheduler, LattePipeline
 
-    latents, prompt, negative = inputs
+    latents = inputs[0]
     scheduler = DDIMScheduler(**latte.SCHEDULER)
     pipe = LattePipeline(tokenizer=None, text_encoder=None, vae=None, transformer=model, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
@@ -161,11 +160,7 @@ def run_latte(model, inputs, steps, guidance, cache):
         model.enable_cache(cfg)
         name_taylorseer_hooks(model, "cond_uncond")
     try:
-        final = pipe(
-            prompt_embeds=prompt, negative_prompt_embeds=negative, negative_prompt=None, latents=latents.clone(),
-            video_length=latents.shape[2], height=latents.shape[3] * 8, width=latents.shape[4] * 8,
-            num_inference_steps=steps, guidance_scale=guidance, output_type="latent", return_dict=False,
-        )[0]
+        final = latte.call_pipeline(pipe, inputs, steps, guidance)
     finally:
         restore()
         Probes.rec = None

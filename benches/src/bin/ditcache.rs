@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use benches::bench::{add_comparison, svg_plot, table, BenchOptions};
 use cache_engines::CacheConfig;
 use models::weights::save_safetensors;
-use benches::video_model::VideoModel;
+use benches::video_model::{BenchModel, VideoModel};
 use models::{CogVideoXConfig, CogVideoXTransformer3DModel, ForwardInput, HostTensor, LatteConfig, WeightSource};
 
 #[derive(Parser)]
@@ -272,14 +272,14 @@ fn load_model(
         if latent_size.is_some() {
             return Err("--latent-size applies to preset models; a model directory has its own config".into());
         }
-        return Ok((VideoModel::from_dir(&dir, device)?, WeightSource::from_tensors(Default::default())));
+        return Ok((VideoModel::from_dir(&dir, device).map_err(|e| e.to_string())?, WeightSource::from_tensors(Default::default())));
     }
     if name == "shapes" {
         return Err(format!("the trained model is missing at {}", benches::shapes::shapes_dir().display()));
     }
     let mut weights = WeightSource::random(seed);
     // The model's load validates the config; a resized one's errors name the option.
-    let sized = |e: String| if latent_size.is_some() { format!("--latent-size: {e}") } else { e };
+    let sized = |e: models::ModelError| if latent_size.is_some() { format!("--latent-size: {e}") } else { e.to_string() };
     let model = match preset(name)? {
         Preset::CogVideoX(cfg) => {
             let cfg = match latent_size {

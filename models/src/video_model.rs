@@ -1,0 +1,138 @@
+//! One type for the model families (CogVideoX, Latte): loading from a diffusers directory by its
+//! `_class_name`, the host each offers to cache engines, one generation, one forward.
+
+use std::path::Path;
+
+use burn::tensor::Tensor;
+use cache_core::{Branch, CacheStrategy, CallContext, HostInfo, Identity, StepContext};
+
+use crate::error::{ModelError, Result};
+use crate::{
+    denoise, CogVideoXConfig, CogVideoXDDIMScheduler, CogVideoXDDIMSchedulerConfig, CogVideoXTransformer3DModel,
+    DDIMScheduler, DDIMSchedulerConfig, DenoiseInput, DenoiseOptions, ForwardInput, LatteConfig, LattePipeline,
+    LatteTransformer3DModel, ModelBackend, WeightSource,
+};
+
+/// A transformer and its scheduler, of either family.
+#[derive(Debug)]
+pub enum VideoModel<B: ModelBackend> {
+    /// `CogVideoXTransformer3DModel` with `CogVideoXDDIMScheduler` (`CogVideoXPipeline`).
+    CogVideoX {
+        /// The transformer.
+        model: CogVideoXTransformer3DModel<B>,
+        /// The scheduler.
+        scheduler: CogVideoXDDIMScheduler,
+    },
+    /// `LatteTransformer3DModel` with `DDIMScheduler` (`LattePipeline`).
+    Latte(LattePipeline<B>),
+}
+
+impl<B: ModelBackend> VideoModel<B> {
+    /// Loads a diffusers directory: a pipeline directory (`transformer/`, optional `scheduler/`) or a model
+    /// directory. The family comes from `config.json`'s `_class_name`; without a scheduler config, the
+    /// family's published one is used (CogVideoX-2b's, Latte-1's).
+    pub fn from_dir(dir: &Path, device: &B::Device) -> Result<Self> {
+        let transformer = if dir.join("transformer").join("config.json").exists() { dir.join("transformer") } else { dir.to_path_buf() };
+        let config_path = transformer.join("config.json");
+        let text = std::fs::read_to_string(&config_path).map_err(|source| ModelError::Io { path: config_path.clone(), source })?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| ModelError::Parse { path: config_path.clone(), reason: e.to_string() })?;
+        let class = json.get("_class_name").and_then(|v| v.as_str()).unwrap_or("CogVideoXTransformer3DModel");
+        let scheduler_path = dir.join("scheduler").join("scheduler_config.json");
+        let has_scheduler = scheduler_path.exists();
+        match class {
+            "CogVideoXTransformer3DModel" => {
+                let model = CogVideoXTransformer3DModel::from_pretrained(&transformer, device)?;
+                let cfg = if has_scheduler {
+                    CogVideoXDDIMSchedulerConfig::from_json_file(&scheduler_path)?
+                } else {
+                    CogVideoXDDIMSchedulerConfig::cogvideox()
+                };
+                Ok(Self::CogVideoX { model, scheduler: CogVideoXDDIMScheduler::new(cfg)? })
+            }
+            "LatteTransformer3DModel" if has_scheduler => Ok(Self::Latte(LattePipeline::from_pretrained(dir, device)?)),
+            "LatteTransformer3DModel" => {
+                let transformer = LatteTransformer3DModel::from_pretrained(&transformer, device)?;
+                let scheduler = DDIMScheduler::new(DDIMSchedulerConfig::latte())?;
+                Ok(Self::Latte(LattePipeline { transformer, scheduler }))
+            }
+            other => Err(ModelError::Unsupported(format!(
+                "{}: model class {other:?} (supported: CogVideoXTransformer3DModel, LatteTransformer3DModel)",
+                config_path.display()
+            ))),
+        }
+    }
+
+    /// A CogVideoX preset with weights from `weights`, and CogVideoX-2b's scheduler.
+    pub fn cogvideox(config: &CogVideoXConfig, weights: &mut WeightSource, device: &B::Device) -> Result<Self> {
+        let model = CogVideoXTransformer3DModel::load(config, weights, device)?;
+        let scheduler = CogVideoXDDIMScheduler::new(CogVideoXDDIMSchedulerConfig::cogvideox())?;
+        Ok(Self::CogVideoX { model, scheduler })
+    }
+
+    /// A Latte preset with weights from `weights`, and Latte-1's scheduler.
+    pub fn latte(config: &LatteConfig, weights: &mut WeightSource, device: &B::Device) -> Result<Self> {
+        let transformer = LatteTransformer3DModel::load(config, weights, device)?;
+        let scheduler = DDIMScheduler::new(DDIMSchedulerConfig::latte())?;
+        Ok(Self::Latte(LattePipeline { transformer, scheduler }))
+    }
+
+    /// The family's diffusers class name.
+    pub fn class_name(&self) -> &'static str {
+        match self {
+            Self::CogVideoX { .. } => "CogVideoXTransformer3DModel",
+            Self::Latte(_) => "LatteTransformer3DModel",
+        }
+    }
+
+    /// The attention sites and blocks the model offers to cache engines.
+    pub fn host_info(&self) -> HostInfo {
+        match self {
+            Self::CogVideoX { model, .. } => model.host_info(),
+            Self::Latte(p) => p.transformer.host_info(),
+        }
+    }
+
+    /// The scheduler's timesteps for `steps` steps.
+    pub fn timesteps(&mut self, steps: usize) -> Result<Vec<i64>> {
+        let t = match self {
+            Self::CogVideoX { scheduler, .. } => scheduler.set_timesteps(steps),
+            Self::Latte(p) => p.scheduler.set_timesteps(steps),
+        };
+        t.map(<[i64]>::to_vec)
+    }
+
+    /// One generation with `strategy` (reset first).
+    pub fn denoise(
+        &mut self,
+        input: DenoiseInput<B>,
+        strategy: &mut dyn CacheStrategy<B>,
+        options: DenoiseOptions<'_, B>,
+    ) -> Result<Tensor<B, 5>> {
+        match self {
+            Self::CogVideoX { model, scheduler } => denoise(model, scheduler, input, strategy, options),
+            Self::Latte(p) => p.denoise(input, strategy, options),
+        }
+    }
+
+    /// One uncached forward of an unguided batch, positions computed from the input's size.
+    ///
+    /// # Shapes
+    /// `input.hidden_states` in the family's layout (CogVideoX `[B, F, C, H, W]`, Latte `[B, C, F, H, W]`).
+    pub fn forward(&self, input: ForwardInput<B>) -> Result<Tensor<B, 5>> {
+        let dims = input.hidden_states.dims();
+        let device = input.hidden_states.device();
+        let step = StepContext { step: 0, num_steps: 1, timestep: input.timestep.first().copied().unwrap_or(0.0) as f64 };
+        let ctx = CallContext::new(step, Branch::Unguided, dims[0]);
+        match self {
+            Self::CogVideoX { model, .. } => {
+                let positions = model.positions(dims[1], dims[3], dims[4], &device)?;
+                model.forward(input, &positions, &ctx, &mut Identity)
+            }
+            Self::Latte(p) => {
+                let positions = p.transformer.positions(dims[2], dims[3], dims[4], &device)?;
+                p.transformer.forward(input, &positions, &ctx, &mut Identity)
+            }
+        }
+    }
+}
