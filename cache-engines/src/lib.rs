@@ -68,6 +68,19 @@ fn conflict(a: &CacheConfig, b: &CacheConfig) -> Option<&'static str> {
     })
 }
 
+/// A stack's own rules: no nesting, no conflicting pair (its members' values are checked separately).
+fn check_stack(strategies: &[CacheConfig]) -> Result<(), ConfigError> {
+    if strategies.iter().any(|s| matches!(s, CacheConfig::Stack { .. })) {
+        return Err(ConfigError::Conflict("stacks do not nest; list the strategies in one stack".into()));
+    }
+    for (i, a) in strategies.iter().enumerate() {
+        if let Some(why) = strategies[i + 1..].iter().find_map(|b| conflict(a, b)) {
+            return Err(ConfigError::Conflict(why.into()));
+        }
+    }
+    Ok(())
+}
+
 impl CacheConfig {
     /// Reads a JSON or TOML file (by extension; anything but `.toml` is read as JSON) and validates it.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -86,22 +99,15 @@ impl CacheConfig {
             CacheConfig::MagCache(c) => c.validate(),
             CacheConfig::TaylorSeerCache(c) => c.validate(),
             CacheConfig::Stack { strategies } => {
-                if strategies.iter().any(|s| matches!(s, CacheConfig::Stack { .. })) {
-                    return Err(ConfigError::Conflict("stacks do not nest; list the strategies in one stack".into()));
-                }
-                for (i, a) in strategies.iter().enumerate() {
-                    if let Some(why) = strategies[i + 1..].iter().find_map(|b| conflict(a, b)) {
-                        return Err(ConfigError::Conflict(why.into()));
-                    }
-                }
+                check_stack(strategies)?;
                 strategies.iter().try_for_each(CacheConfig::validate)
             }
         }
     }
 
-    /// [`CacheConfig::validate`], then checks that `host` has what the configuration asks to cache.
+    /// [`CacheConfig::validate`], then checks that `host` has what the configuration asks to cache (each
+    /// engine's `check_host` validates its own values first).
     pub fn check_host(&self, host: &HostInfo) -> Result<(), ConfigError> {
-        self.validate()?;
         match self {
             CacheConfig::None => Ok(()),
             CacheConfig::FirstBlockCache(c) => c.check_host(host),
@@ -109,7 +115,10 @@ impl CacheConfig {
             CacheConfig::FasterCache(c) => c.check_host(host),
             CacheConfig::MagCache(c) => c.check_host(host),
             CacheConfig::TaylorSeerCache(c) => c.check_host(host),
-            CacheConfig::Stack { strategies } => strategies.iter().try_for_each(|s| s.check_host(host)),
+            CacheConfig::Stack { strategies } => {
+                check_stack(strategies)?;
+                strategies.iter().try_for_each(|s| s.check_host(host))
+            }
         }
     }
 

@@ -36,13 +36,14 @@ struct MagState<B: Backend> {
     residual: Option<Tensor<B, 3>>,
     /// Whether the current step is computing (set by `before_blocks`, read by `after_blocks`).
     computing: bool,
-    ratios: Vec<f32>,
+    /// Calibration: the ratios measured so far in this run.
+    measured: Vec<f32>,
     bytes: usize,
 }
 
 impl<B: Backend> Default for MagState<B> {
     fn default() -> Self {
-        Self { step: 0, acc_ratio: 1.0, acc_steps: 0, acc_err: 0.0, residual: None, computing: false, ratios: Vec::new(), bytes: 0 }
+        Self { step: 0, acc_ratio: 1.0, acc_steps: 0, acc_err: 0.0, residual: None, computing: false, measured: Vec::new(), bytes: 0 }
     }
 }
 
@@ -74,23 +75,6 @@ impl<B: Backend> MagCache<B> {
         self.calibrated.as_deref()
     }
 
-    /// Whether step `step` skips, updating the accumulators as diffusers' head hook does.
-    fn decide(&self, s: &mut MagState<B>, input: &JointStates<B>) -> bool {
-        if self.config.calibrate || s.step < self.config.retention_step() {
-            return false;
-        }
-        let scale = self.ratios.get(s.step).copied().unwrap_or(1.0);
-        s.acc_ratio *= scale;
-        s.acc_steps += 1;
-        s.acc_err += (1.0 - s.acc_ratio).abs();
-        let fits = s.residual.as_ref().is_some_and(|r| r.dims() == input.hidden.dims());
-        if fits && s.acc_err <= self.config.threshold as f32 && s.acc_steps <= self.config.max_skip_steps {
-            return true;
-        }
-        (s.acc_ratio, s.acc_steps, s.acc_err) = (1.0, 0, 0.0);
-        false
-    }
-
     /// Advances the step index; after the configured step count, resets the state (and keeps a finished
     /// calibration's ratios).
     fn advance(&mut self, ctx: &CallContext) {
@@ -99,12 +83,28 @@ impl<B: Backend> MagCache<B> {
         s.step += 1;
         if s.step >= n {
             if self.config.calibrate {
-                self.calibrated = Some(std::mem::take(&mut s.ratios));
+                self.calibrated = Some(std::mem::take(&mut s.measured));
             }
             self.memory.release(s.bytes);
             *s = MagState::default();
         }
     }
+}
+
+/// Whether the state's current step skips, updating the accumulators as diffusers' head hook does.
+fn decide<B: Backend>(config: &MagCacheConfig, ratios: &[f32], s: &mut MagState<B>, input: &JointStates<B>) -> bool {
+    if config.calibrate || s.step < config.retention_step() {
+        return false;
+    }
+    s.acc_ratio *= ratios.get(s.step).copied().unwrap_or(1.0);
+    s.acc_steps += 1;
+    s.acc_err += (1.0 - s.acc_ratio).abs();
+    let fits = s.residual.as_ref().is_some_and(|r| r.dims() == input.hidden.dims());
+    if fits && s.acc_err <= config.threshold as f32 && s.acc_steps <= config.max_skip_steps {
+        return true;
+    }
+    (s.acc_ratio, s.acc_steps, s.acc_err) = (1.0, 0, 0.0);
+    false
 }
 
 /// Mean over batch and tokens of `‖cur‖ / (‖prev‖ + 1e-8)`, norms over channels.
@@ -122,14 +122,13 @@ impl<B: Backend> CacheStrategy<B> for MagCache<B> {
     }
 
     fn before_blocks(&mut self, ctx: &CallContext, input: &JointStates<B>) -> TailPlan<B> {
-        let mut s = std::mem::take(self.states.get_mut(ctx, ()));
-        let skip = self.decide(&mut s, input);
+        let s = self.states.get_mut(ctx, ());
+        let skip = decide(&self.config, &self.ratios, s, input);
         s.computing = !skip;
         let out = skip.then(|| JointStates {
             hidden: input.hidden.clone() + s.residual.clone().expect("checked in decide"),
             encoder: input.encoder.clone(),
         });
-        *self.states.get_mut(ctx, ()) = s;
         let trace = self.stats.step_mut(ctx.step.step, ctx.step.timestep);
         trace.blocks = Some(if skip { Decision::Skip } else { Decision::Compute });
         trace.whole_stack = skip;
@@ -151,7 +150,7 @@ impl<B: Backend> CacheStrategy<B> for MagCache<B> {
         let residual = output.hidden.clone() - input.hidden.clone();
         if calibrate {
             let ratio = s.residual.as_ref().map_or(1.0, |prev| magnitude_ratio(&residual, prev));
-            s.ratios.push(ratio);
+            s.measured.push(ratio);
         }
         if self.memory.hold(&mut s.bytes, tensor_bytes(&residual)) {
             s.residual = Some(residual);

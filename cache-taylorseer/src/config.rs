@@ -135,7 +135,7 @@ impl Selection {
 impl TaylorSeerCacheConfig {
     /// The effective patterns, as diffusers resolves them: lite mode's own; else `cache_identifiers` or the
     /// defaults (even when only `skip_predict_identifiers` is set), and `skip_predict_identifiers` or none.
-    pub(crate) fn selection(&self) -> Result<Selection, ConfigError> {
+    fn selection(&self) -> Result<Selection, ConfigError> {
         let owned = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let (predict, zero) = if self.use_lite_mode {
             (owned(&LITE_CACHE_IDENTIFIERS), owned(&LITE_SKIP_IDENTIFIERS))
@@ -161,6 +161,11 @@ impl TaylorSeerCacheConfig {
     /// Checks values: a zero interval; a schedule that would predict call 0 with nothing computed (diffusers
     /// raises there); bad patterns.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.checked_selection().map(|_| ())
+    }
+
+    /// [`TaylorSeerCacheConfig::validate`]'s checks, handing back the compiled patterns.
+    pub(crate) fn checked_selection(&self) -> Result<Selection, ConfigError> {
         if self.cache_interval == 0 {
             return Err(ConfigError::ZeroSkipRange { field: "cache_interval" });
         }
@@ -171,15 +176,14 @@ impl TaylorSeerCacheConfig {
                     .into(),
             ));
         }
-        self.selection().map(|_| ())
+        self.selection()
     }
 
     /// [`TaylorSeerCacheConfig::validate`], then that the patterns select at least one module of `host` and only
     /// modules it can hook (its attention and module sites): diffusers hooks nothing silently where its
     /// default patterns match no module (CogVideoX, Latte), and this engine refuses instead.
     pub fn check_host(&self, host: &HostInfo) -> Result<(), ConfigError> {
-        self.validate()?;
-        let sel = self.selection()?;
+        let sel = self.checked_selection()?;
         let hookable: Vec<String> =
             host.sites.iter().map(|s| s.to_string()).chain(host.modules.iter().map(|m| m.to_string())).collect();
         let names = if host.module_names.is_empty() { &hookable } else { &host.module_names };

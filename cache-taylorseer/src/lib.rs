@@ -85,10 +85,9 @@ impl<B: Backend> TaylorSeer<B> {
     /// An engine with this configuration (check it against the host first with
     /// [`TaylorSeerCacheConfig::check_host`]).
     pub fn new(config: TaylorSeerCacheConfig) -> Result<Self, ConfigError> {
-        config.validate()?;
         let memory = MemoryLedger::new(config.memory_budget_bytes);
         Ok(Self {
-            selection: config.selection()?,
+            selection: config.checked_selection()?,
             config,
             modes: HashMap::new(),
             states: StateMap::default(),
