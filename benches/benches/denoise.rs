@@ -34,8 +34,8 @@ fn tiny() -> CogVideoXConfig {
 
 fn bench_model(c: &mut Criterion, name: &str, mut model: VideoModel<Backend>, steps: usize, samples: usize) {
     let dev = device();
-    let opts = BenchOptions { steps, guidance: 6.0, repeats: 1, seed: 0, progress: false, prompt: None };
-    let input = model.bench_inputs(&opts, &dev);
+    let opts = BenchOptions { steps, guidance: 6.0, repeats: 1, seed: 0, progress: false, prompt: None, batch: 1 };
+    let input = model.bench_inputs(&opts, &dev).unwrap();
     let mut group = c.benchmark_group(format!("denoise/{name}-{steps}steps"));
     group.sample_size(samples).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
     let mut rows = vec![("baseline".to_string(), CacheConfig::None)];

@@ -87,7 +87,7 @@ pub fn calibrate_magcache<B: ModelBackend>(
     device: &B::Device,
 ) -> Result<Vec<f64>, String> {
     let cal = BenchOptions { seed: opts.seed.wrapping_add(CALIBRATION_SEED_OFFSET), ..opts.clone() };
-    let input = model.bench_inputs(&cal, device);
+    let input = model.bench_inputs(&cal, device)?;
     let mut engine = MagCache::<B>::new(MagCacheConfig::calibration(opts.steps));
     model.denoise(input, &mut engine, DenoiseOptions::default()).map_err(|e| e.to_string())?;
     let ratios = engine.calibrated_ratios().ok_or("MagCache calibration did not complete its steps")?;
@@ -99,8 +99,11 @@ pub fn calibrate_magcache<B: ModelBackend>(
 pub struct Row {
     /// Strategy name.
     pub strategy: String,
-    /// Median wall time of one generation, seconds.
+    /// Median wall time of one generation (every video of the batch), seconds.
     pub time_s: f64,
+    /// `time_s` ÷ videos per generation: what batching buys.
+    #[serde(default)]
+    pub time_per_video_s: f64,
     /// Baseline time ÷ this time.
     pub speedup: f64,
     /// The speedup the skip counts imply.
@@ -109,7 +112,9 @@ pub struct Row {
     pub efficiency: f64,
     /// ‖ours − baseline‖ / ‖baseline‖ of the final latents.
     pub rel_l2: f64,
-    /// PSNR of the final latents vs the baseline's, dB (peak = max |baseline|).
+    /// PSNR of the final latents vs the baseline's, dB (peak = max |baseline|); infinite (JSON `null`) when
+    /// equal.
+    #[serde(deserialize_with = "null_is_infinite")]
     pub psnr: f64,
     /// Most bytes the strategy held at once.
     pub cache_peak_bytes: usize,
@@ -149,8 +154,20 @@ pub struct Report {
     pub guidance_scale: f64,
     /// Timed repeats per row (median taken).
     pub repeats: usize,
+    /// Videos per generation (prompts × videos per prompt).
+    #[serde(default = "one")]
+    pub batch: usize,
     /// Rows, the baseline first.
     pub rows: Vec<Row>,
+}
+
+/// serde_json writes an infinite PSNR as `null`; read it back as infinite.
+fn null_is_infinite<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::INFINITY))
+}
+
+fn one() -> usize {
+    1
 }
 
 /// The machine, as `CPU model (N cores)`.
@@ -187,8 +204,11 @@ pub struct BenchOptions {
     pub seed: u64,
     /// Draw a progress bar.
     pub progress: bool,
-    /// (prompt, negative prompt) embeddings `[1, S, D]`; drawn from the seed when absent.
+    /// (prompt, negative prompt) embeddings `[k, S, D]`, one row per prompt; drawn from the seed, one per
+    /// video, when absent.
     pub prompt: Option<(HostTensor, HostTensor)>,
+    /// Videos generated together in one loop (spread evenly over the prompts), at least 1.
+    pub batch: usize,
 }
 
 /// One generation with a strategy (`None`: uncached): final latents, stats, peak bytes, seconds.
@@ -221,7 +241,8 @@ pub fn run<B: ModelBackend>(
     for (name, cfg) in strategies {
         cfg.check_host(&model.host_info()).map_err(|e| format!("{name}: {e}"))?;
     }
-    let input = model.bench_inputs(opts, device);
+    let input = model.bench_inputs(opts, device)?;
+    let videos = input.videos();
     let work = model.work_model();
     let host = model.host_info();
     let kinds: HashMap<String, AttentionKind> = host.sites.iter().map(|s| (s.to_string(), s.kind)).collect();
@@ -267,6 +288,7 @@ pub fn run<B: ModelBackend>(
         rows.push(Row {
             strategy: name,
             time_s: time,
+            time_per_video_s: time / videos as f64,
             speedup,
             ideal_speedup: ideal,
             efficiency: speedup / ideal,
@@ -291,6 +313,7 @@ pub fn run<B: ModelBackend>(
         steps: opts.steps,
         guidance_scale: opts.guidance,
         repeats: opts.repeats,
+        batch: videos,
         rows,
     })
 }
@@ -314,23 +337,31 @@ pub fn table(report: &Report) -> String {
     // Per-kind counts only for models with more than one kind of attention.
     let by_kind = report.rows.iter().any(|r| r.attention_reused_by_kind.len() > 1);
     let mut s = format!(
-        "model {} · {} steps · guidance {} · backend {} · {} · median of {}\n\n",
-        report.model, report.steps, report.guidance_scale, report.backend, report.machine, report.repeats
+        "model {} · {} video{} per generation · {} steps · guidance {} · backend {} · {} · median of {}\n\n",
+        report.model,
+        report.batch,
+        if report.batch == 1 { "" } else { "s" },
+        report.steps,
+        report.guidance_scale,
+        report.backend,
+        report.machine,
+        report.repeats
     );
-    s += "| strategy | time (s) | speedup | ideal | efficiency | attn computed/reused | ff predicted | blocks skipped | uncond approx. | rel_l2 | PSNR (dB) | cache peak |";
+    s += "| strategy | time (s) | s/video | speedup | ideal | efficiency | attn computed/reused | ff predicted | blocks skipped | uncond approx. | rel_l2 | PSNR (dB) | cache peak |";
     if compare {
         s += " diffusers (s) | ours ÷ diffusers |";
     }
-    s += "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
+    s += "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
     if compare {
         s += "---:|---:|";
     }
     s += "\n";
     for r in &report.rows {
         s += &format!(
-            "| {} | {:.2} | {:.2}× | {:.2}× | {:.2} | {}/{}{} | {} | {}/{} | {}/{} | {:.2e} | {} | {} |",
+            "| {} | {:.2} | {:.3} | {:.2}× | {:.2}× | {:.2} | {}/{}{} | {} | {}/{} | {}/{} | {:.2e} | {} | {} |",
             r.strategy,
             r.time_s,
+            r.time_per_video_s,
             r.speedup,
             r.ideal_speedup,
             r.efficiency,

@@ -18,9 +18,11 @@ pub const ATTRIBUTES: [(&str, &[&str]); 4] = [
 /// The prompt `bench` and `tune` use on the trained model.
 pub const DEFAULT_PROMPT: &str = "shape=disc,size=large,colour=red,direction=right";
 
-/// Where the trained model lives in this repository.
+/// Where the trained model lives in this repository (found through `CARGO_MANIFEST_DIR` at run time when set,
+/// as for [`crate::parity::committed_cases_dir`], so a binary built elsewhere finds the checkout it runs in).
 pub fn shapes_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/shapes")
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+    crate_dir.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR"))).join("../assets/shapes")
 }
 
 /// Prompt embeddings of a model trained with attribute tokens.

@@ -87,7 +87,7 @@ pub fn tune<B: ModelBackend>(
     confirm: usize,
     device: &B::Device,
 ) -> Result<(Vec<Candidate>, f64), String> {
-    let input = model.bench_inputs(opts, device);
+    let input = model.bench_inputs(opts, device)?;
     let work = model.work_model();
     let ratios = calibrate_magcache(model, opts, device)?;
     let families = grid(&model.host_info(), opts.steps, &ratios);

@@ -4,7 +4,7 @@
 use cache_core::WorkModel;
 use models::weights::randn;
 pub use models::VideoModel;
-use models::{DenoiseInput, ModelBackend};
+use models::{DenoiseInput, HostTensor, ModelBackend};
 
 use crate::bench::BenchOptions;
 
@@ -16,9 +16,11 @@ pub trait BenchModel<B: ModelBackend> {
     /// The work model at the model's sample size (bench inputs).
     fn work_model(&self) -> WorkModel;
 
-    /// What a bench generation starts from: latents from `opts.seed` at the model's sample size, and the given
-    /// (prompt, negative) embeddings or, without them, embeddings drawn from the seed too.
-    fn bench_inputs(&self, opts: &BenchOptions, device: &B::Device) -> DenoiseInput<B>;
+    /// What a bench generation starts from: `opts.batch` videos at the model's sample size, each with latents
+    /// drawn from its own seed ([`video_seed`]), spread evenly over the given prompts (`[k, S, D]` (prompt,
+    /// negative) embeddings; `batch / k` videos each, adjacent) or, without them, one prompt drawn per video.
+    /// Refuses a batch that the prompts do not divide.
+    fn bench_inputs(&self, opts: &BenchOptions, device: &B::Device) -> Result<DenoiseInput<B>, String>;
 }
 
 impl<B: ModelBackend> BenchModel<B> for VideoModel<B> {
@@ -47,7 +49,7 @@ impl<B: ModelBackend> BenchModel<B> for VideoModel<B> {
         }
     }
 
-    fn bench_inputs(&self, opts: &BenchOptions, device: &B::Device) -> DenoiseInput<B> {
+    fn bench_inputs(&self, opts: &BenchOptions, device: &B::Device) -> Result<DenoiseInput<B>, String> {
         let seed = opts.seed;
         let (latents, text) = match self {
             VideoModel::CogVideoX { model, .. } => {
@@ -61,13 +63,42 @@ impl<B: ModelBackend> BenchModel<B> for VideoModel<B> {
                 ([1, c.in_channels(), c.video_length, s, s], [1, LATTE_BENCH_TEXT_TOKENS, c.caption_channels()])
             }
         };
-        let (prompt, negative) = opts.prompt.clone().unwrap_or_else(|| (randn(seed + 1, &text), randn(seed + 2, &text)));
-        DenoiseInput {
-            latents: randn(seed, &latents).to_tensor(device),
+        let videos = opts.batch;
+        let (prompt, negative) = match &opts.prompt {
+            Some(pair) => pair.clone(),
+            // One drawn prompt per video.
+            None => {
+                let drawn = |offset: u64| {
+                    rows((0..videos).map(|j| randn(video_seed(seed, j).wrapping_add(offset), &text)).collect())
+                };
+                (drawn(1), drawn(2))
+            }
+        };
+        let prompts = prompt.shape[0];
+        if videos == 0 || prompts == 0 || videos % prompts != 0 {
+            return Err(format!("a batch of {videos} videos cannot be split evenly over {prompts} prompts"));
+        }
+        let latents = rows((0..videos).map(|j| randn(video_seed(seed, j), &latents)).collect());
+        Ok(DenoiseInput {
+            latents: latents.to_tensor(device),
             prompt_embeds: prompt.to_tensor(device),
             negative_prompt_embeds: Some(negative.to_tensor(device)),
+            num_videos_per_prompt: videos / prompts,
             num_inference_steps: opts.steps,
             guidance_scale: opts.guidance,
-        }
+        })
     }
+}
+
+/// The seed of video `j`'s noise (and drawn prompt): video 0 keeps the run's seed, so a batch of one is the
+/// single-video run.
+pub fn video_seed(seed: u64, j: usize) -> u64 {
+    seed.wrapping_add((j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+/// `[1, …]` tensors stacked along the first dimension.
+pub fn rows(parts: Vec<HostTensor>) -> HostTensor {
+    let mut shape = parts[0].shape.clone();
+    shape[0] = parts.iter().map(|p| p.shape[0]).sum();
+    HostTensor { shape, data: parts.into_iter().flat_map(|p| p.data).collect() }
 }

@@ -154,3 +154,58 @@ fn forward_profile_counts_each_operation_of_the_s_model() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("layer_norm+modulate"));
     }
 }
+
+#[test]
+fn batch_runs_several_prompts_in_one_loop_and_reports_time_per_video() {
+    let dir = tempfile::tempdir().unwrap();
+    let fbc = dir.path().join("fbc.json");
+    std::fs::write(&fbc, r#"{"type": "first_block_cache", "threshold": 0.2}"#).unwrap();
+    let (json, export) = (dir.path().join("bench.json"), dir.path().join("export"));
+    // Trained model: two prompts, two videos each (adjacent), one loop.
+    let red = "shape=disc,size=large,colour=red,direction=right";
+    let blue = "shape=square,size=small,colour=blue,direction=up";
+    let out = ditcache()
+        .args(["bench", "--steps", "3", "--repeats", "1", "--batch", "4", "--prompt", red, "--prompt", blue, "--strategy"])
+        .arg(&fbc)
+        .arg("--json")
+        .arg(&json)
+        .arg("--export")
+        .arg(&export)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: benches::bench::Report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report.batch, 4);
+    for r in &report.rows {
+        assert!((r.time_per_video_s - r.time_s / 4.0).abs() < 1e-12, "{r:?}");
+    }
+    assert!(String::from_utf8_lossy(&out.stdout).contains("s/video"));
+    // What diffusers gets: one embedding row per video, in the order [red, red, blue, blue].
+    let inputs = models::weights::read_safetensors(&export.join("inputs.safetensors")).unwrap();
+    assert_eq!(inputs["latents"].shape[0], 4);
+    let p = &inputs["prompt_embeds"];
+    let n = p.data.len() / 4;
+    let video = |j: usize| &p.data[j * n..(j + 1) * n];
+    assert!(video(0) == video(1) && video(2) == video(3) && video(1) != video(2));
+
+    // A batch the prompts do not divide is refused, naming both numbers.
+    let out = ditcache().args(["bench", "--steps", "1", "--batch", "3", "--prompt", red, "--prompt", blue]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("3 videos") && err.contains("2 prompts"), "{err}");
+
+    // sample: per video an uncached row and a cached row.
+    let png = dir.path().join("s.png");
+    let out = ditcache()
+        .args(["sample", "--model", "s", "--latent-size", "2,4,4", "--steps", "2", "--batch", "2", "--scale", "1", "--strategy"])
+        .arg(&fbc)
+        .arg("--out")
+        .arg(&png)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bytes = std::fs::read(&png).unwrap();
+    // PNG IHDR: height at bytes 20..24; 4 rows of 4 pixels with gaps of 2 around and between them.
+    let height = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
+    assert_eq!(height, 4 * 4 + 5 * 2);
+}

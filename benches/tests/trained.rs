@@ -26,6 +26,7 @@ fn trained_model_matches_diffusers_generation() {
         latents: expected["latents"].to_tensor(&dev),
         prompt_embeds: prompts.embed(DEFAULT_PROMPT).unwrap().to_tensor(&dev),
         negative_prompt_embeds: Some(prompts.negative().to_tensor(&dev)),
+        num_videos_per_prompt: 1,
         num_inference_steps: 8,
         guidance_scale: 6.0,
     };

@@ -7,8 +7,12 @@
 //! by the last computed step. The reference residual is refreshed on computed steps only, so the measured
 //! change accumulates across skips. One host read per step.
 //!
-//! Extras, off by default: `warmup_steps`, `max_consecutive_skips`, `per_sample` decisions, and a memory
-//! budget (past it the engine computes and holds nothing).
+//! Extras, off by default: `warmup_steps`, `max_consecutive_skips`, `per_sample` decisions (one per sample of
+//! the model call, i.e. per CFG half of each video; a sample's rows are all its frames where the host's blocks
+//! run frames as rows, as Latte's), and a memory budget (past it the engine computes and holds nothing).
+//!
+//! Batches: pooled (diffusers), one ratio of two batch-wide means decides for every video; every cached
+//! tensor keeps one row per sample, so a skipped sample only ever takes its own tail residuals.
 
 use burn::tensor::{backend::Backend, Tensor};
 use cache_core::{
@@ -40,6 +44,17 @@ impl<B: Backend> Default for FbcState<B> {
     }
 }
 
+/// What the engine measured and decided at one head-block call, for inspection ([`FirstBlockCache::decisions`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FbcDecision {
+    /// Step index.
+    pub step: usize,
+    /// The relative changes: one per sample with `per_sample`, else one pooled; empty without a reference.
+    pub changes: Vec<f32>,
+    /// Whether each sample (or, pooled, the whole batch) took its cached tail.
+    pub skips: Vec<bool>,
+}
+
 /// The First Block Cache engine.
 pub struct FirstBlockCache<B: Backend> {
     config: FirstBlockCacheConfig,
@@ -47,13 +62,26 @@ pub struct FirstBlockCache<B: Backend> {
     memory: MemoryLedger,
     stats: CacheStats,
     last_changes: Vec<f32>,
+    decisions: Vec<FbcDecision>,
 }
 
 impl<B: Backend> FirstBlockCache<B> {
     /// An engine with this configuration (validate it first with `CacheConfig::validate`).
     pub fn new(config: FirstBlockCacheConfig) -> Self {
         let memory = MemoryLedger::new(config.memory_budget_bytes);
-        Self { config, states: StateMap::default(), memory, stats: CacheStats::default(), last_changes: Vec::new() }
+        Self {
+            config,
+            states: StateMap::default(),
+            memory,
+            stats: CacheStats::default(),
+            last_changes: Vec::new(),
+            decisions: Vec::new(),
+        }
+    }
+
+    /// Every head-block call's changes and decisions since the last reset, in call order.
+    pub fn decisions(&self) -> &[FbcDecision] {
+        &self.decisions
     }
 
     /// The relative residual changes measured at the last call (one per sample with `per_sample`, else one);
@@ -67,13 +95,17 @@ impl<B: Backend> FirstBlockCache<B> {
         &self.config
     }
 
-    /// Relative change per sample (`per_sample`) or pooled over the batch, read from the device at once.
-    fn relative_change(&self, residual: &Tensor<B, 3>, prev: &Tensor<B, 3>) -> Vec<f32> {
+    /// Relative change per sample (`per_sample`; `samples` rows of the model call, each owning an equal run of
+    /// the residual's rows) or pooled over the batch, read from the device at once.
+    fn relative_change(&self, residual: &Tensor<B, 3>, prev: &Tensor<B, 3>, samples: usize) -> Vec<f32> {
         let diff = (residual.clone() - prev.clone()).abs();
         let prev_abs = prev.clone().abs();
         let both = if self.config.per_sample {
-            let b = residual.dims()[0];
-            let per = |t: Tensor<B, 3>| t.mean_dim(2).mean_dim(1).reshape([b]);
+            let b = samples;
+            let per = |t: Tensor<B, 3>| {
+                let [rows, tokens, d] = t.dims();
+                t.reshape([b, rows / b * tokens, d]).mean_dim(2).mean_dim(1).reshape([b])
+            };
             Tensor::cat(vec![per(diff), per(prev_abs)], 0)
         } else {
             Tensor::cat(vec![diff.mean(), prev_abs.mean()], 0)
@@ -84,10 +116,11 @@ impl<B: Backend> FirstBlockCache<B> {
     }
 }
 
-/// `[B]` mask as `[B, 1, 1]` floats (1 = skip).
-fn mask<B: Backend>(skip: &[bool], device: &B::Device) -> Tensor<B, 3> {
-    let v: Vec<f32> = skip.iter().map(|&s| if s { 1.0 } else { 0.0 }).collect();
-    Tensor::<B, 1>::from_floats(v.as_slice(), device).reshape([skip.len(), 1, 1])
+/// A per-sample mask as `[rows, 1, 1]` floats (1 = skip), each sample's value over its `rows / samples` rows.
+fn mask<B: Backend>(skip: &[bool], rows: usize, device: &B::Device) -> Tensor<B, 3> {
+    let per = rows / skip.len();
+    let v: Vec<f32> = skip.iter().flat_map(|&s| std::iter::repeat_n(if s { 1.0 } else { 0.0 }, per)).collect();
+    Tensor::<B, 1>::from_floats(v.as_slice(), device).reshape([rows, 1, 1])
 }
 
 /// `where(mask, a, b)` with a float mask broadcast over tokens and channels.
@@ -101,6 +134,7 @@ impl<B: Backend> CacheStrategy<B> for FirstBlockCache<B> {
         self.memory.reset();
         self.stats = CacheStats::default();
         self.last_changes.clear();
+        self.decisions.clear();
     }
 
     fn after_head_block(&mut self, ctx: &CallContext, input: &JointStates<B>, output: &JointStates<B>) -> TailPlan<B> {
@@ -109,15 +143,22 @@ impl<B: Backend> CacheStrategy<B> for FirstBlockCache<B> {
         let forced = self.config.max_consecutive_skips.is_some_and(|m| {
             self.states.get(ctx, ctx.batch_size).is_some_and(|s| s.consecutive_skips >= m)
         });
+        // A sample's rows divide evenly (checked: otherwise the batch is pooled, as diffusers does).
+        let rows = residual.dims()[0];
+        let samples = if self.config.per_sample && ctx.batch_size > 0 && rows % ctx.batch_size == 0 { ctx.batch_size } else { 1 };
         self.last_changes = match self.states.get(ctx, ctx.batch_size) {
-            Some(FbcState { head_residual: Some(prev), tail: Some(_), .. }) => self.relative_change(&residual, prev),
+            Some(FbcState { head_residual: Some(prev), tail: Some(_), .. }) if prev.dims() == residual.dims() => {
+                self.relative_change(&residual, prev, samples)
+            }
             _ => Vec::new(),
         };
+        let deciders = if self.config.per_sample { samples } else { 1 };
         let skips: Vec<bool> = if self.last_changes.is_empty() || warm || forced {
-            vec![false]
+            vec![false; deciders]
         } else {
             self.last_changes.iter().map(|&change| !((change as f64) > self.config.threshold)).collect()
         };
+        self.decisions.push(FbcDecision { step: ctx.step.step, changes: self.last_changes.clone(), skips: skips.clone() });
         let all_skip = skips.iter().all(|&s| s);
         let any_skip = skips.iter().any(|&s| s);
         let state = self.states.get_mut(ctx, ctx.batch_size);
@@ -144,7 +185,7 @@ impl<B: Backend> CacheStrategy<B> for FirstBlockCache<B> {
             (state.mixed_skip.take(), state.head_residual.as_ref(), state.tail.as_ref())
         {
             // Samples that decided to skip keep their reference and take their cached tail.
-            let m = mask::<B>(&skips, &residual.device());
+            let m = mask::<B>(&skips, residual.dims()[0], &residual.device());
             residual = select(&m, prev.clone(), residual);
             tail = old_tail.clone().zip(tail, |old, new| select(&m, old, new));
             let cached = head_output.clone().zip(old_tail.clone(), |h, t| h + t);

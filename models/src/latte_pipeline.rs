@@ -47,10 +47,11 @@ impl<B: ModelBackend> LattePipeline<B> {
         Ok(Self { transformer, scheduler: DDIMScheduler::new(config)? })
     }
 
-    /// Runs one generation: resets `strategy`, then denoises for `input.num_inference_steps` steps.
+    /// Runs one generation of every video of `input` in one loop: resets `strategy`, then denoises for
+    /// `input.num_inference_steps` steps.
     ///
     /// # Shapes
-    /// `input.latents`: `[1, C, F, H, W]` → the final latents, the same shape
+    /// `input.latents`: `[B·V, C, F, H, W]` → the final latents, the same shape
     pub fn denoise<S: CacheStrategy<B> + ?Sized>(
         &mut self,
         input: DenoiseInput<B>,

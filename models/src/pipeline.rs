@@ -12,24 +12,43 @@ use crate::input::ForwardInput;
 use crate::ops::ModelBackend;
 use crate::scheduler::CogVideoXDDIMScheduler;
 
-/// What one generation starts from.
+/// What one generation starts from: one or more prompts, and `num_videos_per_prompt` videos of each, laid out as
+/// diffusers' pipelines lay them out (a prompt's videos are adjacent rows).
 ///
 /// # Shapes
-/// - `latents`: `[1, F, C, H, W]` for CogVideoX, `[1, C, F, H, W]` for Latte, already multiplied by the
-///   scheduler's `init_noise_sigma`
-/// - `prompt_embeds`, `negative_prompt_embeds`: `[1, S, text_embed_dim]` (Latte: `caption_channels`)
+/// - `latents`: `[B·V, F, C, H, W]` for CogVideoX, `[B·V, C, F, H, W]` for Latte, already multiplied by the
+///   scheduler's `init_noise_sigma`; row `j` is video `j % V` of prompt `j / V`, each with its own noise
+/// - `prompt_embeds`, `negative_prompt_embeds`: `[B, S, text_embed_dim]` (Latte: `caption_channels`), one row
+///   per prompt (negative row `b` goes with prompt `b`), before the `V`-fold repetition
+///
+/// With `B = V = 1` this is one video.
 #[derive(Debug, Clone)]
 pub struct DenoiseInput<B: Backend> {
-    /// Initial noisy latents.
+    /// Initial noisy latents, one row per video.
     pub latents: Tensor<B, 5>,
-    /// Prompt embeddings.
+    /// Prompt embeddings, one row per prompt.
     pub prompt_embeds: Tensor<B, 3>,
-    /// Negative prompt embeddings; needed when `guidance_scale > 1`.
+    /// Negative prompt embeddings, one row per prompt; needed when `guidance_scale > 1`.
     pub negative_prompt_embeds: Option<Tensor<B, 3>>,
+    /// Videos per prompt (`V`, diffusers' `num_videos_per_prompt`; Latte's `num_images_per_prompt`), at least 1.
+    pub num_videos_per_prompt: usize,
     /// Number of denoising steps.
     pub num_inference_steps: usize,
     /// Classifier-free guidance scale; `> 1` runs the batched `[uncond, cond]` pass.
     pub guidance_scale: f64,
+}
+
+impl<B: Backend> DenoiseInput<B> {
+    /// One video per prompt, under classifier-free guidance when `guidance_scale > 1` (which needs negative
+    /// embeddings: set `negative_prompt_embeds`).
+    pub fn new(latents: Tensor<B, 5>, prompt_embeds: Tensor<B, 3>, num_inference_steps: usize, guidance_scale: f64) -> Self {
+        Self { latents, prompt_embeds, negative_prompt_embeds: None, num_videos_per_prompt: 1, num_inference_steps, guidance_scale }
+    }
+
+    /// The number of videos generated (`B·V`, the latents' rows).
+    pub fn videos(&self) -> usize {
+        self.latents.dims()[0]
+    }
 }
 
 /// Options of [`denoise`].
@@ -41,27 +60,43 @@ pub struct DenoiseOptions<'a, B: Backend> {
     pub on_step: Option<&'a mut dyn FnMut(usize, i64, &Tensor<B, 5>)>,
 }
 
-/// Classifier-free guidance as diffusers' pipelines batch it: `[uncond, cond]` when `guidance_scale > 1`.
+/// Classifier-free guidance as diffusers' pipelines batch it: `[uncond × N, cond × N]` for N videos when
+/// `guidance_scale > 1` (every negative row first, then every positive one; the latents' whole block twice).
 pub(crate) struct Guidance<B: Backend> {
-    /// The prompt batch, `[negative, prompt]` under guidance.
+    /// The prompt batch, one row per video (`V` adjacent copies of each prompt), `[negatives, prompts]` under
+    /// guidance.
     pub encoder: Tensor<B, 3>,
-    /// 2 under guidance, else 1.
+    /// Rows of one model call: `2N` under guidance, else `N`.
     pub batch: usize,
     /// What the batch holds.
     pub branch: Branch,
     scale: Option<f32>,
 }
 
+/// `[B, S, D]` → `[B·V, S, D]` with each row's `V` copies adjacent (diffusers' `e.repeat(1, V, 1).view(B·V, S, D)`).
+fn per_video<B: Backend>(embeds: Tensor<B, 3>, videos_per_prompt: usize) -> Tensor<B, 3> {
+    if videos_per_prompt == 1 {
+        return embeds;
+    }
+    let [b, s, d] = embeds.dims();
+    embeds.repeat_dim(1, videos_per_prompt).reshape([b * videos_per_prompt, s, d])
+}
+
 impl<B: Backend> Guidance<B> {
-    /// Checks the prompts of `input` and batches them.
+    /// Checks the prompts of `input` against its latents and batches them.
     pub fn new(input: &DenoiseInput<B>) -> Result<Self> {
-        let b = input.latents.dims()[0];
-        if b != 1 {
-            return Err(ModelError::Shape(format!("denoise takes one sample (batch 1), got {b}")));
+        let n = input.latents.dims()[0];
+        let [b, _, _] = input.prompt_embeds.dims();
+        let v = input.num_videos_per_prompt;
+        if v == 0 || b == 0 || n != b * v {
+            return Err(ModelError::Shape(format!(
+                "latents have {n} rows; {b} prompts × num_videos_per_prompt {v} need {} (one row per video)",
+                b * v
+            )));
         }
+        let prompts = per_video(input.prompt_embeds.clone(), v);
         if input.guidance_scale <= 1.0 {
-            let encoder = input.prompt_embeds.clone();
-            return Ok(Self { encoder, batch: 1, branch: Branch::Unguided, scale: None });
+            return Ok(Self { encoder: prompts, batch: n, branch: Branch::Unguided, scale: None });
         }
         let neg = input
             .negative_prompt_embeds
@@ -74,21 +109,22 @@ impl<B: Backend> Guidance<B> {
                 input.prompt_embeds.dims()
             )));
         }
-        let encoder = Tensor::cat(vec![neg, input.prompt_embeds.clone()], 0);
+        let encoder = Tensor::cat(vec![per_video(neg, v), prompts], 0);
         let scale = Some(input.guidance_scale as f32);
-        Ok(Self { encoder, batch: 2, branch: Branch::Cfg(CfgOrder::UncondFirst), scale })
+        Ok(Self { encoder, batch: 2 * n, branch: Branch::Cfg(CfgOrder::UncondFirst), scale })
     }
 
-    /// The model input for `latents`: two copies under guidance.
+    /// The model input for `latents`: the whole block twice under guidance.
     pub fn batch_latents(&self, latents: &Tensor<B, 5>) -> Tensor<B, 5> {
-        if self.batch == 2 {
+        if self.scale.is_some() {
             Tensor::cat(vec![latents.clone(), latents.clone()], 0)
         } else {
             latents.clone()
         }
     }
 
-    /// `uncond + scale · (cond − uncond)` under guidance, else the output itself.
+    /// `uncond + scale · (cond − uncond)` per video under guidance (first half, second half), else the output
+    /// itself.
     pub fn combine(&self, noise_pred: Tensor<B, 5>) -> Tensor<B, 5> {
         match self.scale {
             Some(scale) => {
@@ -147,8 +183,8 @@ pub(crate) fn guided_steps<B: Backend>(
     Ok(latents)
 }
 
-/// Runs one generation: resets `strategy`, then denoises for `input.num_inference_steps` steps.
-/// Returns the final latents `[1, F, C, H, W]`.
+/// Runs one generation of every video of `input` in one loop: resets `strategy`, then denoises for
+/// `input.num_inference_steps` steps. Returns the final latents `[B·V, F, C, H, W]`.
 pub fn denoise<B: ModelBackend, S: CacheStrategy<B> + ?Sized>(
     model: &CogVideoXTransformer3DModel<B>,
     scheduler: &mut CogVideoXDDIMScheduler,

@@ -8,9 +8,11 @@
 # Environment (all optional):
 #   DITCACHE_BIN   a `ditcache` built with `--features cuda` (default: built here with cargo)
 #   BACKEND_TEST   the `backend` test binary built with `--features cuda` (default: built here with cargo)
+#   BATCH_TEST     the `batch` test binary built with `--features cuda` (default: built here with cargo)
 #   PYTHON         a Python with torch (CUDA) and diffusers 0.42 (default: python3)
 #   LATENT_2B      latent size of the 2b-shaped run, FRAMES,HEIGHT,WIDTH (default 4,30,44: 1 546 tokens)
 #   STEPS_2B       its denoising steps (default 10)
+#   BENCH_2B       0 skips the 2b-shaped run (default 1)
 # A machine without Rust can take binaries built elsewhere: build them with CUDARC_CUDA_VERSION set to the
 # machine's CUDA (e.g. 13000) so that cudarc binds the driver's API version.
 set -uo pipefail
@@ -40,10 +42,12 @@ if [ -z "${DITCACHE_BIN:-}" ]; then
     cargo build "${cuda[@]}" --bin ditcache || exit 1
     DITCACHE_BIN=target/cuda/release/ditcache
 fi
-if [ -z "${BACKEND_TEST:-}" ]; then
-    BACKEND_TEST=$(cargo test "${cuda[@]}" --test backend --no-run --message-format=json \
-        | "$py" -c 'import json,sys; print([j["executable"] for j in map(json.loads, sys.stdin) if j.get("executable")][-1])') || exit 1
-fi
+test_binary() {
+    cargo test "${cuda[@]}" --test "$1" --no-run --message-format=json \
+        | "$py" -c 'import json,sys; print([j["executable"] for j in map(json.loads, sys.stdin) if j.get("executable")][-1])'
+}
+[ -n "${BACKEND_TEST:-}" ] || BACKEND_TEST=$(test_binary backend) || exit 1
+[ -n "${BATCH_TEST:-}" ] || BATCH_TEST=$(test_binary batch) || exit 1
 
 note "parity: every committed case on CUDA"
 timeout 600 "$DITCACHE_BIN" parity tests/cases >"$out/parity.jsonl" 2>"$work/parity.err" || fail=1
@@ -60,6 +64,10 @@ EOF
 note "backend tests on CUDA (batch-1 = batch-2 rows; batch-1 generations = diffusers)"
 timeout 600 "$BACKEND_TEST" --test-threads 1 --nocapture >"$out/backend.txt" 2>&1 || fail=1
 grep -E '^test result|rel_l2' "$out/backend.txt" | tee -a "$out/summary.md"
+
+note "batch tests on CUDA (each video of a batch = its batch-1 run; pooled vs per-sample FBC)"
+timeout 600 "$BATCH_TEST" --test-threads 1 >"$out/batch.txt" 2>&1 || fail=1
+grep -E '^test |^test result' "$out/batch.txt" | tee -a "$out/summary.md"
 
 # One model: ours (`bench --export` writes what diffusers needs), then diffusers on the same GPU, with TF32
 # allowed as burn's CUDA matmuls use it (docs/backends.md).
@@ -84,8 +92,18 @@ for s in spec["strategies"]:
     if s["strategy"] in ("pab(s2)", "fastercache"):
         json.dump(s["cache"], open(f"{sys.argv[2]}/{s['strategy']}.json", "w"))
 EOF
-bench 2b --model 2b --latent-size "${LATENT_2B:-4,30,44}" --steps "${STEPS_2B:-10}" --repeats 1 \
+[ "${BENCH_2B:-1}" = 0 ] || bench 2b --model 2b --latent-size "${LATENT_2B:-4,30,44}" --steps "${STEPS_2B:-10}" --repeats 1 \
     --strategy "$work/strategies/pab(s2).json" --strategy "$work/strategies/fastercache.json"
+
+# Batched generation: time per video on the trained model at batch 1, 2 and 4 (one loop, one model call per
+# step for every video), uncached and with one engine.
+note "batched generation, trained model, 20 steps: time per video"
+echo '{"type": "first_block_cache", "threshold": 0.2}' >"$work/fbc(0.2).json"
+for b in 1 2 4; do
+    timeout 600 "$DITCACHE_BIN" bench --batch "$b" --repeats 3 --strategy "$work/fbc(0.2).json" --json "$out/batch$b.json" \
+        >"$work/batch$b.txt" 2>"$work/batch$b.err" || { tail -n 5 "$work/batch$b.err"; fail=1; continue; }
+    grep -E '^\| (strategy|baseline|fbc)' "$work/batch$b.txt" | sed "s/^/batch $b /" | tee -a "$out/summary.md"
+done
 
 rm -rf "$work"
 note "done: $([ $fail = 0 ] && echo 'all steps passed' || echo 'SOME STEPS FAILED')"

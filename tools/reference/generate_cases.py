@@ -201,7 +201,9 @@ def instrument(scheduler, rec, preds):
     return restore
 
 
-def write_denoise_case(out, name, model, inputs, final, preds, rec, scheduler, steps, guidance, cache):
+def write_denoise_case(out, name, model, inputs, final, preds, rec, scheduler, steps, guidance, cache,
+                       videos_per_prompt=1):
+    """`inputs` holds one embedding row per prompt (before the pipeline's `videos_per_prompt` repetition)."""
     latents, prompt, negative = inputs
     tensors = {
         "latents": latents, "prompt_embeds": prompt, "negative_prompt_embeds": negative,
@@ -211,6 +213,8 @@ def write_denoise_case(out, name, model, inputs, final, preds, rec, scheduler, s
         tensors[f"noise_pred.{i}"] = p
     case = {"kind": "denoise", "num_inference_steps": steps, "guidance_scale": guidance, "cache": cache,
             "tolerance": {"rel_l2": 1e-3}}
+    if videos_per_prompt != 1:
+        case["num_videos_per_prompt"] = videos_per_prompt
     trace = {"steps": rec.steps} if cache is not None else None
     write_case(out, name, model, case, tensors, scheduler=scheduler, trace=trace)
 
@@ -221,8 +225,9 @@ def run_pipeline(model, inputs, steps, guidance, cache=None):
     scheduler = CogVideoXDDIMScheduler(**SCHEDULER)
     pipe = CogVideoXPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=model, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
-    # patch_embed(text, video): a conditional-half-only call has a video batch of 1.
-    rec = Recorder(pipe, cache, CogVideoXSiteRecorder, ("patch_embed", lambda args: args[1].shape[0] == 1))
+    # patch_embed(text, video): a conditional-half-only call has one video row per video, a full call two.
+    videos = latents.shape[0]
+    rec = Recorder(pipe, cache, CogVideoXSiteRecorder, ("patch_embed", lambda args: args[1].shape[0] == videos))
     preds = []
     restore_fbc = instrument(scheduler, rec, preds)
     cfg = diffusers_cache_config(cache, pipe)

@@ -183,24 +183,25 @@ def apply_fbc(model, threshold):
         (fbc_module._FBC_LEADER_BLOCK_HOOK, fbc_module._FBC_BLOCK_HOOK))
 
 
-def call_pipeline(pipe, inputs, steps, guidance):
-    """`LattePipeline.__call__` on these inputs, latents out."""
+def call_pipeline(pipe, inputs, steps, guidance, videos_per_prompt=1):
+    """`LattePipeline.__call__` on these inputs (one embedding row per prompt), latents out."""
     latents, prompt, negative = inputs
     return pipe(
         prompt_embeds=prompt, negative_prompt_embeds=negative, negative_prompt=None, latents=latents.clone(),
+        num_images_per_prompt=videos_per_prompt,
         video_length=latents.shape[2], height=latents.shape[3] * 8, width=latents.shape[4] * 8,
         num_inference_steps=steps, guidance_scale=guidance, output_type="latent", return_dict=False,
     )[0]
 
 
-def run_pipeline(model, inputs, steps, guidance, cache=None):
+def run_pipeline(model, inputs, steps, guidance, cache=None, videos_per_prompt=1):
     """One LattePipeline call (output_type="latent"); returns final latents, guided outputs, recorder."""
     latents = inputs[0]
     scheduler = DDIMScheduler(**SCHEDULER)
     pipe = LattePipeline(tokenizer=None, text_encoder=None, vae=None, transformer=model, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
-    # pos_embed runs per frame: a conditional-half-only call has one sample's frames.
-    frames = latents.shape[2]
+    # pos_embed runs per frame: a conditional-half-only call has each video's frames once, a full call twice.
+    frames = latents.shape[0] * latents.shape[2]
     rec = Recorder(pipe, cache, LatteSiteRecorder, ("pos_embed", lambda args: args[0].shape[0] == frames))
     preds = []
     restore_fbc = instrument(scheduler, rec, preds)
@@ -214,7 +215,7 @@ def run_pipeline(model, inputs, steps, guidance, cache=None):
         model.enable_cache(cfg)
     rec.attach(model)
     try:
-        final = call_pipeline(pipe, inputs, steps, guidance)
+        final = call_pipeline(pipe, inputs, steps, guidance, videos_per_prompt)
     finally:
         restore_fbc()
         rec.detach(model)

@@ -39,6 +39,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def diffusers_config(cache):
+    if cache is None:
+        return None
     kw = {k: v for k, v in cache.items() if k != "type"}
     if cache["type"] == "mag_cache":
         return MagCacheConfig(**kw)
@@ -147,7 +149,7 @@ def run_latte(model, inputs, steps, guidance, cache):
     scheduler = DDIMScheduler(**latte.SCHEDULER)
     pipe = LattePipeline(tokenizer=None, text_encoder=None, vae=None, transformer=model, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
-    frames = latents.shape[2]
+    frames = latents.shape[0] * latents.shape[2]
     rec = cog.Recorder(pipe, cache, latte.LatteSiteRecorder, ("pos_embed", lambda args: args[0].shape[0] == frames))
     Probes.rec = rec
     preds = []

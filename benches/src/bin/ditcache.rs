@@ -85,9 +85,17 @@ struct RunArgs {
     /// (CogVideoX or Latte, told apart by `config.json`'s `_class_name`).
     #[arg(long, default_value = "shapes")]
     model: String,
-    /// The prompt, for models with attribute embeddings (the trained model).
+    /// The prompt, for models with attribute embeddings (the trained model). Repeat it for several prompts in
+    /// one batch (`--batch` videos spread evenly over them, a prompt's videos adjacent, as diffusers' pipelines
+    /// lay them out).
     #[arg(long, default_value = benches::shapes::DEFAULT_PROMPT)]
-    prompt: String,
+    prompt: Vec<String>,
+    /// Videos generated together in one denoising loop (one model call per step for all of them). On the
+    /// trained model they are spread over the `--prompt`s (each prompt gets `batch / prompts` videos); models
+    /// without a prompt table draw one prompt per video. Every video has its own noise; video 0's is the
+    /// batch-1 run's.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
     /// Weight seed for preset models.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -120,8 +128,19 @@ impl RunArgs {
     fn load(&self, repeats: usize) -> Result<(VideoModel<Backend>, WeightSource, BenchOptions), String> {
         let device = backend::device();
         let (model, weights) = load_model(&self.model, self.seed, self.latent_size, &device)?;
+        if self.batch == 0 {
+            return Err("--batch must be at least 1".into());
+        }
         let prompt = prompt_embeds(&self.model, &model, &self.prompt)?;
-        let opts = BenchOptions { steps: self.steps, guidance: self.guidance, repeats, seed: self.input_seed, progress: true, prompt };
+        let opts = BenchOptions {
+            steps: self.steps,
+            guidance: self.guidance,
+            repeats,
+            seed: self.input_seed,
+            progress: true,
+            prompt,
+            batch: self.batch,
+        };
         Ok((model, weights, opts))
     }
 }
@@ -251,15 +270,18 @@ fn model_dir(name: &str) -> Option<PathBuf> {
     is_model_dir.then_some(path)
 }
 
-/// Prompt embeddings for `prompt` when the model directory has an attribute table.
-fn prompt_embeds(name: &str, model: &VideoModel<Backend>, prompt: &str) -> Result<Option<(HostTensor, HostTensor)>, String> {
+/// `[k, S, D]` (prompt, negative) embeddings of the `prompts`, for a model with a prompt table (the trained
+/// model); `None` for others.
+fn prompt_embeds(name: &str, model: &VideoModel<Backend>, prompts: &[String]) -> Result<Option<(HostTensor, HostTensor)>, String> {
     let Some(dir) = model_dir(name) else { return Ok(None) };
     let VideoModel::CogVideoX { model, .. } = model else { return Ok(None) };
     if !dir.join("attribute_embeddings.safetensors").exists() {
         return Ok(None);
     }
     let p = benches::shapes::Prompts::load(&dir, model.config.max_text_seq_length)?;
-    Ok(Some((p.embed(prompt)?, p.negative())))
+    let embedded = prompts.iter().map(|q| p.embed(q)).collect::<Result<Vec<_>, _>>()?;
+    let negative = benches::video_model::rows(vec![p.negative(); prompts.len()]);
+    Ok(Some((benches::video_model::rows(embedded), negative)))
 }
 
 fn load_model(
@@ -348,11 +370,17 @@ fn bench(a: BenchArgs) -> Result<ExitCode, String> {
             }
             None => write_model_dir(&model, &weights, &dir.join("transformer"))?,
         }
-        let input = model.bench_inputs(&opts, &device);
+        let input = model.bench_inputs(&opts, &device)?;
+        // One embedding row per video: CogVideoXPipeline makes one video per prompt row of passed embeddings.
+        let per_video = |t: burn::tensor::Tensor<Backend, 3>| {
+            let [b, s, d] = t.dims();
+            let v = input.num_videos_per_prompt;
+            HostTensor::from_tensor(t.repeat_dim(1, v).reshape([b * v, s, d]))
+        };
         let mut t = std::collections::BTreeMap::new();
-        t.insert("latents".to_string(), HostTensor::from_tensor(input.latents));
-        t.insert("prompt_embeds".to_string(), HostTensor::from_tensor(input.prompt_embeds));
-        t.insert("negative_prompt_embeds".to_string(), HostTensor::from_tensor(input.negative_prompt_embeds.expect("cfg")));
+        t.insert("latents".to_string(), HostTensor::from_tensor(input.latents.clone()));
+        t.insert("prompt_embeds".to_string(), per_video(input.prompt_embeds.clone()));
+        t.insert("negative_prompt_embeds".to_string(), per_video(input.negative_prompt_embeds.clone().expect("cfg")));
         save_safetensors(&dir.join("inputs.safetensors"), &t).map_err(|e| e.to_string())?;
         let spec = serde_json::json!({
             "steps": opts.steps, "guidance_scale": opts.guidance,
@@ -396,7 +424,7 @@ struct SampleArgs {
     /// Pixels per latent pixel.
     #[arg(long, default_value_t = 8)]
     scale: usize,
-    /// The PNG to write: the uncached clip's frames on the first row, the strategy's on the second.
+    /// The PNG to write: per video, the uncached clip's frames on one row and the strategy's on the next.
     #[arg(long, default_value = "sample.png")]
     out: PathBuf,
 }
@@ -408,19 +436,27 @@ fn sample(a: SampleArgs) -> Result<ExitCode, String> {
         Ok(p) => CacheConfig::preset(p, &model.host_info()),
         Err(_) => CacheConfig::from_file(std::path::Path::new(&a.strategy)).map_err(|e| e.to_string())?,
     };
-    let input = model.bench_inputs(&opts, &device);
-    let (mut plain, _, _, t0) = benches::bench::generate(&mut model, &input, None)?;
-    let (mut cached, stats, _, t1) = benches::bench::generate(&mut model, &input, Some(&config))?;
-    let [_, mut f, mut c, h, w]: [usize; 5] = input.latents.dims();
+    let input = model.bench_inputs(&opts, &device)?;
+    let (plain, _, _, t0) = benches::bench::generate(&mut model, &input, None)?;
+    let (cached, stats, _, t1) = benches::bench::generate(&mut model, &input, Some(&config))?;
+    let [videos, mut f, mut c, h, w]: [usize; 5] = input.latents.dims();
+    let per = plain.len() / videos;
+    let (mut plain, mut cached): (Vec<Vec<f32>>, Vec<Vec<f32>>) =
+        (plain.chunks(per).map(<[f32]>::to_vec).collect(), cached.chunks(per).map(<[f32]>::to_vec).collect());
     if let VideoModel::Latte(_) = model {
         // Latte latents are [C, F, H, W]; the strip reads [F, C, H, W].
-        (plain, cached) = (swap_leading(&plain, c, f, h * w), swap_leading(&cached, c, f, h * w));
+        for v in plain.iter_mut().chain(cached.iter_mut()) {
+            *v = swap_leading(v, c, f, h * w);
+        }
         (f, c) = (c, f);
     }
-    let (width, height, rgb) = benches::png::strip(&[&plain, &cached], f, c, h, w, a.scale.max(1));
+    // Per video: the uncached clip's row, then the strategy's.
+    let strip_rows: Vec<&[f32]> = plain.iter().zip(&cached).flat_map(|(p, q)| [p.as_slice(), q.as_slice()]).collect();
+    let (width, height, rgb) = benches::png::strip(&strip_rows, f, c, h, w, a.scale.max(1));
     std::fs::write(&a.out, benches::png::encode_rgb(width, height, &rgb)).map_err(|e| format!("{}: {e}", a.out.display()))?;
+    let (plain, cached) = (plain.concat(), cached.concat());
     println!(
-        "wrote {} (row 1 uncached {:.2} s, row 2 {} {:.2} s; rel_l2 {:.2e}, PSNR {:.1} dB; tail skipped {}, uncond approximated {}, attention reused {})",
+        "wrote {} ({videos} video(s); uncached {:.2} s, {} {:.2} s; rel_l2 {:.2e}, PSNR {:.1} dB; tail skipped {}, uncond approximated {}, attention reused {})",
         a.out.display(), t0, a.strategy, t1, benches::parity::rel_l2(&cached, &plain), benches::bench::psnr(&cached, &plain),
         stats.blocks().reused, stats.uncond().reused,
         stats.steps.iter().flat_map(|s| s.attention.values()).filter(|d| **d == cache_core::Decision::Skip).count(),
