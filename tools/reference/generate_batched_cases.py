@@ -179,12 +179,7 @@ def main():
     case(out, "batch_pab", run_cog, sincos, inputs, 12, 6.0,
          {"type": "pyramid_attention_broadcast", "spatial_attention_block_skip_range": 2,
           "spatial_attention_timestep_skip_range": [100, 800]})
-    faster = {"type": "faster_cache", "spatial_attention_block_skip_range": 2,
-              "spatial_attention_timestep_skip_range": [-1, 681], "attention_weight": 0.3,
-              "low_frequency_weight_update_timestep_range": [99, 641],
-              "high_frequency_weight_update_timestep_range": [-1, 301], "alpha_low_frequency": 1.1,
-              "alpha_high_frequency": 1.1, "unconditional_batch_skip_range": 5,
-              "unconditional_batch_timestep_skip_range": [-1, 641], "tensor_format": "BFCHW"}
+    faster = cog.FASTER
     inputs = cog_inputs(rope, 2, 1, 2, 10, 10, 6, seed=85)
     case(out, "batch_fastercache", run_cog, rope, inputs, 12, 5.0, faster)
     inputs = cog_inputs(sincos, 2, 1, 3, 8, 8, 8, seed=86)

@@ -43,6 +43,15 @@ SCHEDULER = dict(
 )
 
 
+# The FasterCache configuration of the CogVideoX cases (diffusers' CogVideoX example with a shorter schedule).
+FASTER = {"type": "faster_cache", "spatial_attention_block_skip_range": 2,
+          "spatial_attention_timestep_skip_range": [-1, 681], "attention_weight": 0.3,
+          "low_frequency_weight_update_timestep_range": [99, 641],
+          "high_frequency_weight_update_timestep_range": [-1, 301], "alpha_low_frequency": 1.1,
+          "alpha_high_frequency": 1.1, "unconditional_batch_skip_range": 5,
+          "unconditional_batch_timestep_skip_range": [-1, 641], "tensor_format": "BFCHW"}
+
+
 def make_model(seed, **overrides):
     torch.manual_seed(seed)
     model = CogVideoXTransformer3DModel(**{**SMALL, **overrides}).eval()
@@ -235,7 +244,6 @@ def run_pipeline(model, inputs, steps, guidance, cache=None):
         model.enable_cache(cfg)
     rec.attach(model)
     try:
-        c = model.config
         frames = latents.shape[1]
         final = pipe(
             prompt_embeds=prompt, negative_prompt_embeds=negative, latents=latents.clone(),
@@ -313,14 +321,8 @@ def main():
     denoise_case(args.out, "pab_whole_range", rope, 2, 6, 8, 6, 12, 5.0, seed=32,
                  cache={"type": "pyramid_attention_broadcast", "spatial_attention_block_skip_range": 3,
                         "spatial_attention_timestep_skip_range": [0, 1000]})
-    faster = {"type": "faster_cache", "spatial_attention_block_skip_range": 2,
-              "spatial_attention_timestep_skip_range": [-1, 681], "attention_weight": 0.3,
-              "low_frequency_weight_update_timestep_range": [99, 641],
-              "high_frequency_weight_update_timestep_range": [-1, 301], "alpha_low_frequency": 1.1,
-              "alpha_high_frequency": 1.1, "unconditional_batch_skip_range": 5,
-              "unconditional_batch_timestep_skip_range": [-1, 641], "tensor_format": "BFCHW"}
-    denoise_case(args.out, "fastercache_sincos", sincos, 3, 8, 8, 8, 12, 6.0, seed=33, cache=faster)
-    denoise_case(args.out, "fastercache_rotary", rope, 2, 10, 10, 6, 12, 5.0, seed=34, cache=faster)
+    denoise_case(args.out, "fastercache_sincos", sincos, 3, 8, 8, 8, 12, 6.0, seed=33, cache=FASTER)
+    denoise_case(args.out, "fastercache_rotary", rope, 2, 10, 10, 6, 12, 5.0, seed=34, cache=FASTER)
 
 
 if __name__ == "__main__":
