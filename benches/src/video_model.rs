@@ -64,21 +64,25 @@ impl<B: ModelBackend> BenchModel<B> for VideoModel<B> {
             }
         };
         let videos = opts.batch;
+        if videos == 0 {
+            return Err("a batch needs at least one video".into());
+        }
         let (prompt, negative) = match &opts.prompt {
             Some(pair) => pair.clone(),
             // One drawn prompt per video.
             None => {
                 let drawn = |offset: u64| {
-                    rows((0..videos).map(|j| randn(video_seed(seed, j).wrapping_add(offset), &text)).collect())
+                    let parts = (0..videos).map(|j| randn(video_seed(seed, j).wrapping_add(offset), &text)).collect();
+                    rows(parts).expect("at least one video")
                 };
                 (drawn(1), drawn(2))
             }
         };
         let prompts = prompt.shape[0];
-        if videos == 0 || prompts == 0 || videos % prompts != 0 {
+        if prompts == 0 || videos % prompts != 0 {
             return Err(format!("a batch of {videos} videos cannot be split evenly over {prompts} prompts"));
         }
-        let latents = rows((0..videos).map(|j| randn(video_seed(seed, j), &latents)).collect());
+        let latents = rows((0..videos).map(|j| randn(video_seed(seed, j), &latents)).collect()).expect("at least one video");
         Ok(DenoiseInput {
             latents: latents.to_tensor(device),
             prompt_embeds: prompt.to_tensor(device),
@@ -96,9 +100,9 @@ pub fn video_seed(seed: u64, j: usize) -> u64 {
     seed.wrapping_add((j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
-/// `[1, …]` tensors stacked along the first dimension.
-pub fn rows(parts: Vec<HostTensor>) -> HostTensor {
-    let mut shape = parts[0].shape.clone();
+/// Tensors of equal trailing shape stacked along the first dimension; `None` for no tensors.
+pub fn rows(parts: Vec<HostTensor>) -> Option<HostTensor> {
+    let mut shape = parts.first()?.shape.clone();
     shape[0] = parts.iter().map(|p| p.shape[0]).sum();
-    HostTensor { shape, data: parts.into_iter().flat_map(|p| p.data).collect() }
+    Some(HostTensor { shape, data: parts.into_iter().flat_map(|p| p.data).collect() })
 }

@@ -148,3 +148,22 @@ fn a_batch_that_the_prompts_do_not_describe_is_a_typed_error() {
     input.num_videos_per_prompt = 0;
     assert!(c.model.denoise(input, &mut Identity, DenoiseOptions::default()).is_err());
 }
+
+#[test]
+fn bench_inputs_refuse_an_empty_or_uneven_batch() {
+    use benches::bench::BenchOptions;
+    use benches::video_model::BenchModel;
+    let c = case("batch_denoise_sincos");
+    let opts = |batch, prompt| BenchOptions { steps: 2, guidance: 6.0, repeats: 1, seed: 0, progress: false, prompt, batch };
+    assert!(c.model.bench_inputs(&opts(0, None), &device()).unwrap_err().contains("at least one video"));
+    // Two prompts, three videos.
+    let two = Some((HostTensor::from_tensor(c.input.prompt_embeds.clone()), HostTensor::from_tensor(c.input.negative_prompt_embeds.clone().unwrap())));
+    let err = c.model.bench_inputs(&opts(3, two.clone()), &device()).unwrap_err();
+    assert!(err.contains("3 videos") && err.contains("2 prompts"), "{err}");
+    // Four videos over two prompts: two each, from each video's own seed.
+    let input = c.model.bench_inputs(&opts(4, two), &device()).unwrap();
+    assert_eq!((input.videos(), input.num_videos_per_prompt), (4, 2));
+    let one = c.model.bench_inputs(&opts(1, None), &device()).unwrap();
+    let first = HostTensor::from_tensor(input.latents.narrow(0, 0, 1));
+    assert_eq!(first, HostTensor::from_tensor(one.latents), "video 0 keeps the batch-1 run's noise");
+}

@@ -280,8 +280,9 @@ fn prompt_embeds(name: &str, model: &VideoModel<Backend>, prompts: &[String]) ->
     }
     let p = benches::shapes::Prompts::load(&dir, model.config.max_text_seq_length)?;
     let embedded = prompts.iter().map(|q| p.embed(q)).collect::<Result<Vec<_>, _>>()?;
-    let negative = benches::video_model::rows(vec![p.negative(); prompts.len()]);
-    Ok(Some((benches::video_model::rows(embedded), negative)))
+    let negative = vec![p.negative(); prompts.len()];
+    let stack = |parts| benches::video_model::rows(parts).ok_or("--prompt: at least one prompt");
+    Ok(Some((stack(embedded)?, stack(negative)?)))
 }
 
 fn load_model(
