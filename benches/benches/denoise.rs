@@ -8,7 +8,8 @@
 use std::time::Duration;
 
 use benches::backend::{device, Backend};
-use benches::bench::{calibrate_magcache, default_strategies, BenchOptions};
+use benches::bench::{default_strategies, BenchOptions};
+use benches::calibrate::calibrate;
 use benches::video_model::{BenchModel, VideoModel};
 use cache_core::{CacheStrategy, Identity};
 use cache_engines::{build, CacheConfig};
@@ -39,8 +40,8 @@ fn bench_model(c: &mut Criterion, name: &str, mut model: VideoModel<Backend>, st
     let mut group = c.benchmark_group(format!("denoise/{name}-{steps}steps"));
     group.sample_size(samples).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
     let mut rows = vec![("baseline".to_string(), CacheConfig::None)];
-    let ratios = calibrate_magcache(&mut model, &opts, &dev).unwrap();
-    rows.extend(default_strategies(&model.host_info(), steps, &ratios));
+    let calibration = calibrate(&mut model, &opts, &dev).unwrap().calibration;
+    rows.extend(default_strategies(&model.host_info(), &calibration));
     for (label, cfg) in rows {
         // The id names the strategy and its parameters, so criterion compares like with like across runs.
         let id = format!("{label} {}", serde_json::to_string(&cfg).unwrap());

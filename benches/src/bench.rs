@@ -6,7 +6,7 @@ use std::time::Instant;
 use burn::tensor::Tensor;
 use cache_core::{AttentionKind, CacheStats, Decision, HostInfo, Identity};
 use cache_engines::{
-    build, CacheConfig, FasterCacheConfig, FirstBlockCacheConfig, MagCache, MagCacheConfig, Preset,
+    build, CacheConfig, Calibration, FasterCacheConfig, FirstBlockCacheConfig, Preset,
     PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig,
 };
 use indicatif::{ProgressBar, ProgressStyle};
@@ -17,9 +17,11 @@ use crate::parity::rel_l2;
 use crate::video_model::{BenchModel, VideoModel};
 
 /// The default strategy list: FBC 0.05 / 0.1 / 0.2, PAB spatial 2, FasterCache ([`FasterCacheConfig::for_host`]),
-/// MagCache at two thresholds with `mag_ratios` (from [`calibrate_magcache`] on this model and step count),
-/// TaylorSeer at two settings on every attention and feed-forward site, and the three presets.
-pub fn default_strategies(host: &HostInfo, steps: usize, mag_ratios: &[f64]) -> Vec<(String, CacheConfig)> {
+/// MagCache at two thresholds with the calibrated ratios, TaylorSeer at two settings on every attention and
+/// feed-forward site, TeaCache at two thresholds with the calibrated polynomial (models with a step signal),
+/// and the three presets as the calibration resolved them (`quality ≥40dB`, ...).
+pub fn default_strategies(host: &HostInfo, calibration: &Calibration) -> Vec<(String, CacheConfig)> {
+    let steps = calibration.num_inference_steps;
     let fbc = |t| CacheConfig::FirstBlockCache(FirstBlockCacheConfig { threshold: t, ..Default::default() });
     let mut v = vec![
         ("fbc(0.05)".to_string(), fbc(0.05)),
@@ -35,34 +37,38 @@ pub fn default_strategies(host: &HostInfo, steps: usize, mag_ratios: &[f64]) -> 
         ("fastercache".to_string(), CacheConfig::FasterCache(FasterCacheConfig::for_host(host))),
     ];
     for (threshold, max_skip_steps) in MAGCACHE_DEFAULTS {
-        let cfg = magcache(steps, mag_ratios, threshold, max_skip_steps);
+        let cfg = calibration.magcache(threshold, max_skip_steps, steps);
         v.push((cfg.label(), cfg));
     }
     for (cache_interval, max_order) in TAYLORSEER_DEFAULTS {
         let cfg = taylorseer(host, cache_interval, max_order);
         v.push((cfg.label(), cfg));
     }
-    for (name, p) in [("quality", Preset::Quality), ("balanced", Preset::Balanced), ("speed", Preset::Speed)] {
-        v.push((name.to_string(), CacheConfig::preset(p, host)));
+    for threshold in TEACACHE_DEFAULTS {
+        if let Some(cfg) = calibration.teacache(threshold) {
+            v.push((cfg.label(), cfg));
+        }
     }
+    v.extend(preset_rows(calibration));
     v
 }
+
+/// The calibration's presets as table rows, `quality ≥40dB` etc., safest first.
+pub fn preset_rows(calibration: &Calibration) -> Vec<(String, CacheConfig)> {
+    Preset::ALL
+        .iter()
+        .filter_map(|p| calibration.presets.get(p.name()).map(|r| (format!("{} ≥{}dB", p.name(), r.target_psnr_db), r.config.clone())))
+        .collect()
+}
+
+/// TeaCache rows of the default table: `rel_l1_thresh` with the calibrated polynomial (the authors' slow and
+/// fast settings for CogVideoX are 0.1 and 0.2–0.3).
+pub const TEACACHE_DEFAULTS: [f64; 2] = [0.1, 0.3];
 
 /// MagCache rows of the default table: (threshold, max_skip_steps).
 pub const MAGCACHE_DEFAULTS: [(f64, usize); 2] = [(0.1, 3), (0.3, 3)];
 /// TaylorSeer rows of the default table: (cache_interval, max_order).
 pub const TAYLORSEER_DEFAULTS: [(usize, usize); 2] = [(2, 1), (3, 2)];
-
-/// A MagCache configuration for `steps` steps with these ratios (diffusers' defaults otherwise).
-pub fn magcache(steps: usize, mag_ratios: &[f64], threshold: f64, max_skip_steps: usize) -> CacheConfig {
-    CacheConfig::MagCache(MagCacheConfig {
-        threshold,
-        max_skip_steps,
-        num_inference_steps: steps,
-        mag_ratios: Some(mag_ratios.to_vec()),
-        ..Default::default()
-    })
-}
 
 /// A TaylorSeer configuration that predicts every attention and feed-forward site of `host` (float32 factors;
 /// diffusers' other defaults).
@@ -78,21 +84,6 @@ pub fn taylorseer(host: &HostInfo, cache_interval: usize, max_order: usize) -> C
 
 /// Seed offset of the calibration run's latents: calibrated on other latents than the ones evaluated.
 pub const CALIBRATION_SEED_OFFSET: u64 = 1000;
-
-/// MagCache's per-step magnitude ratios for this model and step count: one generation in calibration mode
-/// (diffusers' `calibrate=True`; it never skips), on latents drawn from `opts.seed + CALIBRATION_SEED_OFFSET`.
-pub fn calibrate_magcache<B: ModelBackend>(
-    model: &mut VideoModel<B>,
-    opts: &BenchOptions,
-    device: &B::Device,
-) -> Result<Vec<f64>, String> {
-    let cal = BenchOptions { seed: opts.seed.wrapping_add(CALIBRATION_SEED_OFFSET), ..opts.clone() };
-    let input = model.bench_inputs(&cal, device)?;
-    let mut engine = MagCache::<B>::new(MagCacheConfig::calibration(opts.steps));
-    model.denoise(input, &mut engine, DenoiseOptions::default()).map_err(|e| e.to_string())?;
-    let ratios = engine.calibrated_ratios().ok_or("MagCache calibration did not complete its steps")?;
-    Ok(ratios.iter().map(|&r| r as f64).collect())
-}
 
 /// One row of the table.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -240,6 +231,7 @@ pub fn run<B: ModelBackend>(
 ) -> Result<Report, String> {
     for (name, cfg) in strategies {
         cfg.check_host(&model.host_info()).map_err(|e| format!("{name}: {e}"))?;
+        cfg.check_steps(opts.steps).map_err(|e| format!("{name}: {e}"))?;
     }
     let input = model.bench_inputs(opts, device)?;
     let videos = input.videos();

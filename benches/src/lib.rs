@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod calibrate;
 pub mod parity;
 pub mod png;
 pub mod shapes;

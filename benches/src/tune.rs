@@ -1,17 +1,18 @@
 //! `ditcache tune`: the fastest configuration that meets a quality target, by measurement.
 //!
-//! Search: every single-engine candidate of a grid (FBC, PAB, FasterCache, MagCache with ratios calibrated
-//! on the model first, TaylorSeer) is run once; the fastest passing candidate of each engine is then combined
+//! Search: every single-engine candidate of a grid (FBC, PAB, FasterCache, MagCache and TeaCache with the
+//! ratios and polynomial of a calibration measured on the model first, TaylorSeer) is run once; the fastest passing candidate of each engine is then combined
 //! with the others (every subset of two or more that a stack accepts); the three fastest passing
 //! configurations are timed again (median of `confirm` runs) and the fastest wins.
 
 use cache_core::HostInfo;
-use cache_engines::{CacheConfig, FasterCacheConfig, FirstBlockCacheConfig, PyramidAttentionBroadcastConfig, WeightSchedule};
+use cache_engines::{CacheConfig, Calibration, FasterCacheConfig, FirstBlockCacheConfig, PyramidAttentionBroadcastConfig, WeightSchedule};
 use indicatif::{ProgressBar, ProgressStyle};
 use models::ModelBackend;
 use serde::Serialize;
 
-use crate::bench::{calibrate_magcache, generate, magcache, psnr, taylorseer, BenchOptions};
+use crate::bench::{generate, psnr, taylorseer, BenchOptions};
+use crate::calibrate::measure;
 use crate::parity::rel_l2;
 use crate::video_model::{BenchModel, VideoModel};
 
@@ -45,7 +46,8 @@ pub struct Candidate {
     pub meets: bool,
 }
 
-fn grid(host: &HostInfo, steps: usize, mag_ratios: &[f64]) -> Vec<Vec<CacheConfig>> {
+fn grid(host: &HostInfo, cal: &Calibration) -> Vec<Vec<CacheConfig>> {
+    let steps = cal.num_inference_steps;
     let fbc = [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5]
         .map(|t| CacheConfig::FirstBlockCache(FirstBlockCacheConfig { threshold: t, ..Default::default() }))
         .to_vec();
@@ -69,14 +71,15 @@ fn grid(host: &HostInfo, steps: usize, mag_ratios: &[f64]) -> Vec<Vec<CacheConfi
             }));
         }
     }
-    let mag = [0.03, 0.06, 0.1, 0.2, 0.4].map(|t| magcache(steps, mag_ratios, t, 3)).to_vec();
+    let mag = [0.03, 0.06, 0.1, 0.2, 0.4].map(|t| cal.magcache(t, 3, steps)).to_vec();
+    let tea: Vec<CacheConfig> = [0.05, 0.1, 0.2, 0.3, 0.5].iter().filter_map(|&t| cal.teacache(t)).collect();
     let mut seer = Vec::new();
     for interval in [2, 3, 4] {
         for order in [1, 2] {
             seer.push(taylorseer(host, interval, order));
         }
     }
-    vec![fbc, pab, fc, mag, seer]
+    vec![fbc, pab, fc, mag, tea, seer]
 }
 
 /// Runs the search; returns every candidate evaluated (fastest passing first) and the baseline time.
@@ -89,8 +92,8 @@ pub fn tune<B: ModelBackend>(
 ) -> Result<(Vec<Candidate>, f64), String> {
     let input = model.bench_inputs(opts, device)?;
     let work = model.work_model();
-    let ratios = calibrate_magcache(model, opts, device)?;
-    let families = grid(&model.host_info(), opts.steps, &ratios);
+    let (cal, ..) = measure(model, opts, device)?;
+    let families = grid(&model.host_info(), &cal);
     let singles: usize = families.iter().map(Vec::len).sum();
     let bar = if opts.progress { ProgressBar::new((3 + singles + 3 * confirm) as u64) } else { ProgressBar::hidden() };
     bar.set_style(ProgressStyle::with_template("{msg:>28} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}]").expect("template"));
@@ -123,7 +126,7 @@ pub fn tune<B: ModelBackend>(
         all.extend(results);
     }
     // Combinations of the families' best that a stack accepts: FasterCache first (it decides the batch), then
-    // the block deciders (FBC, MagCache), then PAB, then TaylorSeer.
+    // the block deciders (FBC, MagCache, TeaCache), then PAB, then TaylorSeer.
     let n = best_per_family.len();
     for mask in 1u32..(1 << n) {
         if mask.count_ones() < 2 {
@@ -132,7 +135,7 @@ pub fn tune<B: ModelBackend>(
         let mut members: Vec<CacheConfig> = (0..n).filter(|i| mask & (1 << i) != 0).map(|i| best_per_family[i].clone()).collect();
         members.sort_by_key(|c| match c {
             CacheConfig::FasterCache(_) => 0,
-            CacheConfig::FirstBlockCache(_) | CacheConfig::MagCache(_) => 1,
+            CacheConfig::FirstBlockCache(_) | CacheConfig::MagCache(_) | CacheConfig::TeaCache(_) => 1,
             CacheConfig::PyramidAttentionBroadcast(_) => 2,
             _ => 3,
         });

@@ -66,30 +66,71 @@ fn config_files_round_trip_in_json_and_toml() {
 }
 
 #[test]
-fn calibrate_writes_a_magcache_config_that_bench_and_the_library_load() {
+fn calibrate_writes_a_calibration_that_bench_sample_and_the_library_load() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("mag.toml");
+    let cal = dir.path().join("cal.toml");
+    let mag = dir.path().join("mag.toml");
     let out = ditcache()
-        .args(["calibrate", "--steps", "6", "--threshold", "0.3", "--out", path.to_str().unwrap()])
+        .args(["calibrate", "--steps", "6", "--out", cal.to_str().unwrap(), "--magcache-out", mag.to_str().unwrap(), "--threshold", "0.3"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let CacheConfig::MagCache(m) = CacheConfig::from_file(&path).unwrap() else { panic!("not a MagCache config") };
-    let ratios = m.mag_ratios.clone().unwrap();
-    assert_eq!((m.num_inference_steps, m.threshold, ratios.len(), ratios[0]), (6, 0.3, 6, 1.0));
-    assert!(ratios.iter().all(|r| r.is_finite() && *r > 0.0), "{ratios:?}");
+    // The calibration: one measurement per step for every engine, TeaCache's polynomial, three presets.
+    let c = cache_engines::Calibration::from_file(&cal).unwrap();
+    assert_eq!((c.num_inference_steps, c.model.class.as_str(), c.mag_ratios.len(), c.mag_ratios[0]), (6, "CogVideoXTransformer3DModel", 6, 1.0));
+    assert_eq!((c.first_block_changes.len(), c.residual_changes.len()), (5, 5));
+    assert!(c.attention_changes.values().all(|v| v.len() == 5) && !c.attention_changes.is_empty());
+    let tea = c.teacache.as_ref().expect("CogVideoX hands TeaCache its emb");
+    assert_eq!((tea.coefficients.len(), tea.signal_changes.len()), (5, 5));
+    for p in cache_engines::Preset::ALL {
+        let r = &c.presets[p.name()];
+        assert_eq!(r.target_psnr_db, p.target_psnr_db());
+        // What is stored was verified: the target plus the margin on the calibration videos, or no cache.
+        match r.calibration_psnr_db {
+            Some(db) => assert!(db >= r.target_psnr_db + cache_engines::MARGIN_DB, "{p:?}: {db}"),
+            None => assert_eq!(r.config, CacheConfig::None),
+        }
+    }
+    // The MagCache config with the same ratios, loadable by bench and the library.
+    let CacheConfig::MagCache(m) = CacheConfig::from_file(&mag).unwrap() else { panic!("not a MagCache config") };
+    assert_eq!((m.num_inference_steps, m.threshold, m.mag_ratios.as_deref()), (6, 0.3, Some(&c.mag_ratios[..])));
+    // bench takes the calibration: MagCache, TeaCache and preset rows from it.
     let json = dir.path().join("report.json");
     let out = ditcache()
-        .args(["bench", "--steps", "6", "--repeats", "1", "--strategy", path.to_str().unwrap(), "--json"])
+        .args(["bench", "--steps", "6", "--repeats", "1", "--calibration", cal.to_str().unwrap(), "--json"])
         .arg(&json)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert_eq!(report["rows"][1]["config"]["type"], "mag_cache");
+    let rows = report["rows"].as_array().unwrap();
+    let row = |name: &str| rows.iter().find(|r| r["strategy"] == name).unwrap_or_else(|| panic!("no row {name}"));
+    assert_eq!(row("teacache(0.1)")["config"]["coefficients"].as_array().unwrap().len(), 5);
+    assert_eq!(row("quality ≥40dB")["config"], serde_json::to_value(&c.presets["quality"].config).unwrap());
+    // A calibration made for 6 steps is refused for 8, typed and naming both.
+    let out = ditcache().args(["bench", "--steps", "8", "--repeats", "1", "--calibration", cal.to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("num_inference_steps") && err.contains('6') && err.contains('8'), "{err}");
+    // ... and for another architecture.
+    let out = ditcache()
+        .args(["sample", "--model", "latte", "--steps", "6", "--strategy", "quality", "--calibration", cal.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("model class") && err.contains("LatteTransformer3DModel"), "{err}");
+    // Uncalibrated presets say so.
+    let png = dir.path().join("u.png");
+    let out = ditcache()
+        .args(["sample", "--steps", "2", "--strategy", "speed", "--uncalibrated", "--out", png.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("uncalibrated"), "{}", String::from_utf8_lossy(&out.stderr));
     // A config without ratios is refused with the way to get them.
-    std::fs::write(&path, "type = \"mag_cache\"\n").unwrap();
-    let out = ditcache().args(["bench", "--strategy", path.to_str().unwrap()]).output().unwrap();
+    std::fs::write(&mag, "type = \"mag_cache\"\n").unwrap();
+    let out = ditcache().args(["bench", "--strategy", mag.to_str().unwrap()]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("ditcache calibrate"), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -62,7 +62,7 @@ fn a_second_generation_equals_a_fresh_engines_bit_for_bit() {
         ("taylorseer_rotary_order2", None),
         ("latte_taylorseer", None),
         ("latte_magcache", None),
-        ("denoise_sincos", Some(CacheConfig::preset(cache_engines::Preset::Speed, &case("denoise_sincos").model.host_info()))),
+        ("denoise_sincos", Some(CacheConfig::preset(cache_engines::Preset::Speed, &case("denoise_sincos").model.host_info()).config().clone())),
     ] {
         let mut c = case(name);
         let cfg = cfg.unwrap_or_else(|| c.cache.clone());

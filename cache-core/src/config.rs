@@ -61,6 +61,16 @@ pub enum ConfigError {
         /// How to get a value.
         hint: String,
     },
+    /// A calibration made for another model or schedule than the one it is used with.
+    #[error("calibration mismatch: it was made for {what} {calibrated}, not {found}")]
+    Mismatch {
+        /// What differs (`model class`, `attention sites`, `num_inference_steps`, ...).
+        what: &'static str,
+        /// The calibration's value.
+        calibrated: String,
+        /// The value of the model or generation it was used with.
+        found: String,
+    },
     /// The file could not be read or parsed.
     #[error("cannot read cache config {path}: {reason}")]
     Parse {
@@ -95,6 +105,9 @@ pub struct HostInfo {
     /// Every module of the model as diffusers' `named_modules()` lists it, hookable or not: engines that
     /// select modules by name (TaylorSeer) refuse a pattern that names one they cannot hook.
     pub module_names: Vec<String>,
+    /// What the model hands to [`crate::CacheStrategy::observe_step_signal`] (for the engines' messages and
+    /// calibration files), or `None` when it hands nothing (TeaCache then cannot run on it).
+    pub step_signal: Option<String>,
 }
 
 /// A skip range (period) of zero is an error.

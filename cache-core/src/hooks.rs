@@ -1,7 +1,7 @@
 //! The three calls a model's forward makes to host a strategy inside its blocks, so that a model adds two
 //! lines per hook point instead of re-deriving the protocol (and every model calls it the same way).
 
-use burn::tensor::backend::Backend;
+use burn::tensor::{backend::Backend, Tensor};
 
 use crate::context::{AttentionSite, CallContext, ModuleSite};
 use crate::strategy::{AttentionPlan, CacheStrategy, JointStates, TailPlan};
@@ -37,6 +37,18 @@ pub fn module_site<B: Backend, S: CacheStrategy<B> + ?Sized>(
     };
     strategy.after_module(ctx, site, &out);
     out
+}
+
+/// The step signal ([`CacheStrategy::observe_step_signal`]), computed by `signal` only when the strategy wants it.
+/// Call it just before [`block_stack`].
+pub fn step_signal<B: Backend, S: CacheStrategy<B> + ?Sized>(
+    strategy: &mut S,
+    ctx: &CallContext,
+    signal: impl FnOnce() -> Tensor<B, 3>,
+) {
+    if strategy.wants_step_signal() {
+        strategy.observe_step_signal(ctx, &signal());
+    }
 }
 
 /// A block stack: lets the strategy skip the whole stack, otherwise runs `head` (the first block), lets the

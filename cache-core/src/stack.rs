@@ -12,7 +12,7 @@ use crate::strategy::{AttentionPlan, BatchPlan, CacheStrategy, JointStates, Tail
 /// - `end_forward`: every member, in reverse order, each getting the previous one's output.
 /// - `before_blocks` / `after_head_block` / `before_attention` / `before_module`: members are asked in order and the first that skips or
 ///   reuses decides; the members after it are not asked for that decision.
-/// - `after_blocks` / `after_tail_blocks` / `after_attention` / `after_module` / `reset`: every member, so each keeps its own state current
+/// - `observe_step_signal` / `after_blocks` / `after_tail_blocks` / `after_attention` / `after_module` / `reset`: every member, so each keeps its own state current
 ///   with what actually ran.
 pub struct Stack<B: Backend> {
     members: Vec<Box<dyn CacheStrategy<B>>>,
@@ -53,6 +53,14 @@ impl<B: Backend> CacheStrategy<B> for Stack<B> {
 
     fn end_forward(&mut self, ctx: &CallContext, output: Tensor<B, 5>) -> Tensor<B, 5> {
         self.members.iter_mut().rev().fold(output, |out, m| m.end_forward(ctx, out))
+    }
+
+    fn wants_step_signal(&self) -> bool {
+        self.members.iter().any(|m| m.wants_step_signal())
+    }
+
+    fn observe_step_signal(&mut self, ctx: &CallContext, signal: &Tensor<B, 3>) {
+        self.members.iter_mut().for_each(|m| m.observe_step_signal(ctx, signal));
     }
 
     fn before_blocks(&mut self, ctx: &CallContext, input: &JointStates<B>) -> TailPlan<B> {

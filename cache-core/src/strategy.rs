@@ -97,6 +97,17 @@ pub trait CacheStrategy<B: Backend> {
         output
     }
 
+    /// Whether the strategy reads the step signal ([`CacheStrategy::observe_step_signal`]): a model computes
+    /// the signal only when asked, since it may cost a normalisation of the whole stack input.
+    fn wants_step_signal(&self) -> bool {
+        false
+    }
+
+    /// Before `before_blocks`, the tensor a timestep-aware engine (TeaCache) measures, as the model family's
+    /// authors define it ([`crate::HostInfo::step_signal`] names it): CogVideoX's timestep embedding `emb`
+    /// (`[B, 1, time_embed_dim]`), or the first block's modulated input (Latte: `[B, F·P, D]`).
+    fn observe_step_signal(&mut self, _ctx: &CallContext, _signal: &Tensor<B, 3>) {}
+
     /// Before the block stack runs, with its input: [`TailPlan::Skip`] replaces the *whole* stack's output
     /// (MagCache); no block runs and neither `after_head_block` nor `after_blocks` is called.
     fn before_blocks(&mut self, _ctx: &CallContext, _input: &JointStates<B>) -> TailPlan<B> {
@@ -173,6 +184,12 @@ macro_rules! forward_strategy {
             }
             fn end_forward(&mut self, ctx: &CallContext, output: Tensor<B, 5>) -> Tensor<B, 5> {
                 (**self).end_forward(ctx, output)
+            }
+            fn wants_step_signal(&self) -> bool {
+                (**self).wants_step_signal()
+            }
+            fn observe_step_signal(&mut self, ctx: &CallContext, signal: &Tensor<B, 3>) {
+                (**self).observe_step_signal(ctx, signal)
             }
             fn before_blocks(&mut self, ctx: &CallContext, input: &JointStates<B>) -> TailPlan<B> {
                 (**self).before_blocks(ctx, input)

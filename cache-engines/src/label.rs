@@ -36,6 +36,7 @@ pub(crate) fn label(config: &CacheConfig) -> String {
             let after = c.disable_cache_after_step.map(|a| format!(",a{a}")).unwrap_or_default();
             format!("taylorseer(i{},o{},b{}{after})", c.cache_interval, c.max_order, c.disable_cache_before_step)
         }
+        CacheConfig::TeaCache(c) => format!("teacache({})", c.rel_l1_thresh),
         CacheConfig::Stack { strategies } => strategies.iter().map(label).collect::<Vec<_>>().join("+"),
     }
 }

@@ -2,12 +2,15 @@
 //!
 //! The facade a user depends on to turn a configuration (code, JSON or TOML) into an engine for a model:
 //! [`CacheConfig`] is the tagged union of every engine's configuration with diffusers' names
-//! (`{"type": "first_block_cache", "threshold": 0.05}`, `type = "mag_cache"` in TOML; a stack is
+//! (`{"type": "first_block_cache", "threshold": 0.05}`, `type = "mag_cache"` or `"teacache"` in TOML; a stack is
 //! `{"type": "stack", "strategies": [...]}`), [`CacheConfig::check_host`] says whether a model can take it,
-//! [`build`] makes the engine, [`Preset`] names the three presets. `cache-core` knows no engine; adding an
+//! [`build`] makes the engine, [`Preset`] names the three presets (quality targets), [`Calibration`] resolves them for a model. `cache-core` knows no engine; adding an
 //! engine touches its crate and this one.
 
+mod calibration;
+mod calibrator;
 mod label;
+mod polyfit;
 mod preset;
 
 use std::path::Path;
@@ -19,6 +22,14 @@ pub use cache_fbc::{FbcDecision, FirstBlockCache, FirstBlockCacheConfig};
 pub use cache_magcache::{MagCache, MagCacheConfig};
 pub use cache_pab::{PyramidAttentionBroadcast, PyramidAttentionBroadcastConfig};
 pub use cache_taylorseer::{patterns_for_host as cache_taylorseer_patterns, FactorDtype, TaylorSeer, TaylorSeerCacheConfig};
+pub use cache_magcache::schedule as magcache_schedule;
+pub use cache_teacache::{schedule as teacache_schedule, TeaCache, TeaCacheConfig, PUBLISHED_COEFFICIENTS as TEACACHE_PUBLISHED_COEFFICIENTS};
+pub use calibration::{
+    candidates, predicted_error, resolve_presets, CalibratedPreset, Calibration, Candidate, ModelId, PresetConfig,
+    TeaCacheFit, Verification, MARGIN_DB, MAX_VERIFICATIONS,
+};
+pub use calibrator::Calibrator;
+pub use polyfit::fit_polynomial;
 pub use preset::Preset;
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +50,9 @@ pub enum CacheConfig {
     /// TaylorSeer.
     #[serde(rename = "taylorseer_cache")]
     TaylorSeerCache(TaylorSeerCacheConfig),
+    /// TeaCache (the authors' rule; not in diffusers).
+    #[serde(rename = "teacache")]
+    TeaCache(TeaCacheConfig),
     /// Several strategies, consulted in this order at every hook.
     Stack {
         /// The members.
@@ -58,6 +72,13 @@ fn conflict(a: &CacheConfig, b: &CacheConfig) -> Option<&'static str> {
             "MagCache and First Block Cache both decide the block stack"
         }
         (C::TaylorSeerCache(_), C::TaylorSeerCache(_)) => "two TaylorSeers predict the same modules",
+        (C::TeaCache(_), C::TeaCache(_)) => "two TeaCaches decide the same block stack",
+        (C::TeaCache(_), C::MagCache(_) | C::FirstBlockCache(_)) | (C::MagCache(_) | C::FirstBlockCache(_), C::TeaCache(_)) => {
+            "TeaCache decides the whole block stack, as MagCache and First Block Cache do"
+        }
+        (C::TeaCache(_), C::FasterCache(_)) | (C::FasterCache(_), C::TeaCache(_)) => {
+            "FasterCache's conditional-only calls change the batch TeaCache's residuals were stored for"
+        }
         (C::MagCache(_), C::FasterCache(_)) | (C::FasterCache(_), C::MagCache(_)) => {
             "FasterCache's conditional-only calls change the batch MagCache's residual was stored for"
         }
@@ -98,6 +119,7 @@ impl CacheConfig {
             CacheConfig::FasterCache(c) => c.validate(),
             CacheConfig::MagCache(c) => c.validate(),
             CacheConfig::TaylorSeerCache(c) => c.validate(),
+            CacheConfig::TeaCache(c) => c.validate(),
             CacheConfig::Stack { strategies } => {
                 check_stack(strategies)?;
                 strategies.iter().try_for_each(CacheConfig::validate)
@@ -115,10 +137,21 @@ impl CacheConfig {
             CacheConfig::FasterCache(c) => c.check_host(host),
             CacheConfig::MagCache(c) => c.check_host(host),
             CacheConfig::TaylorSeerCache(c) => c.check_host(host),
+            CacheConfig::TeaCache(c) => c.check_host(host),
             CacheConfig::Stack { strategies } => {
                 check_stack(strategies)?;
                 strategies.iter().try_for_each(|s| s.check_host(host))
             }
+        }
+    }
+
+    /// Refuses a configuration made for another step count where the engine has no rule for it (TeaCache's
+    /// `num_steps`; MagCache interpolates its ratios, so it is accepted).
+    pub fn check_steps(&self, num_inference_steps: usize) -> Result<(), ConfigError> {
+        match self {
+            CacheConfig::TeaCache(c) => c.check_steps(num_inference_steps),
+            CacheConfig::Stack { strategies } => strategies.iter().try_for_each(|s| s.check_steps(num_inference_steps)),
+            _ => Ok(()),
         }
     }
 
@@ -142,6 +175,7 @@ fn build_checked<B: Backend>(config: &CacheConfig) -> Result<Box<dyn CacheStrate
         CacheConfig::FasterCache(c) => Box::new(FasterCache::<B>::new(c.clone())?),
         CacheConfig::MagCache(c) => Box::new(MagCache::<B>::new(c.clone())),
         CacheConfig::TaylorSeerCache(c) => Box::new(TaylorSeer::<B>::new(c.clone())?),
+        CacheConfig::TeaCache(c) => Box::new(TeaCache::<B>::new(c.clone())),
         CacheConfig::Stack { strategies } => {
             Box::new(Stack::new(strategies.iter().map(build_checked).collect::<Result<_, _>>()?))
         }

@@ -3,17 +3,44 @@
 use cache_core::{AttentionKind, HostInfo};
 use cache_pab::{anchored, default_spatial_ids};
 
-use crate::{CacheConfig, FasterCacheConfig, FirstBlockCacheConfig, PyramidAttentionBroadcastConfig};
+use crate::{CacheConfig, FasterCacheConfig, FirstBlockCacheConfig, PresetConfig, PyramidAttentionBroadcastConfig};
 
-/// The three presets of the seed article.
+/// The three presets, defined by quality targets: PSNR of the final latents against the uncached ones of at
+/// least 40 dB (`quality`), 30 dB (`balanced`), 22 dB (`speed`). A calibration of the model
+/// ([`crate::Calibration::preset`]) resolves a preset to the fastest configuration meeting its target;
+/// without one, [`CacheConfig::preset`] gives a fixed parameter set that promises no quality level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preset {
-    /// FBC 0.02, PAB spatial 1 / temporal 2, no FasterCache.
+    /// ≥ 40 dB. Uncalibrated: FBC 0.02, PAB spatial 1 / temporal 2, no FasterCache.
     Quality,
-    /// FBC 0.05, PAB spatial 2 / temporal 3, FasterCache (CogVideoX settings).
+    /// ≥ 30 dB. Uncalibrated: FBC 0.05, PAB spatial 2 / temporal 3, FasterCache (CogVideoX settings).
     Balanced,
-    /// FBC 0.1, PAB spatial 3 / temporal 4, FasterCache (CogVideoX settings).
+    /// ≥ 22 dB. Uncalibrated: FBC 0.1, PAB spatial 3 / temporal 4, FasterCache (CogVideoX settings).
     Speed,
+}
+
+impl Preset {
+    /// All three, safest first.
+    pub const ALL: [Preset; 3] = [Preset::Quality, Preset::Balanced, Preset::Speed];
+
+    /// `quality`, `balanced` or `speed`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Quality => "quality",
+            Self::Balanced => "balanced",
+            Self::Speed => "speed",
+        }
+    }
+
+    /// The preset's quality target: minimum PSNR (dB) of the final latents against the uncached ones, peak =
+    /// the uncached latents' largest magnitude.
+    pub fn target_psnr_db(self) -> f64 {
+        match self {
+            Self::Quality => 40.0,
+            Self::Balanced => 30.0,
+            Self::Speed => 22.0,
+        }
+    }
 }
 
 impl std::str::FromStr for Preset {
@@ -29,8 +56,15 @@ impl std::str::FromStr for Preset {
 }
 
 impl CacheConfig {
-    /// A preset, restricted to what `host` has (no temporal PAB on a model without temporal attention).
-    pub fn preset(preset: Preset, host: &HostInfo) -> Self {
+    /// A preset without calibration: a fixed parameter set restricted to what `host` has (no temporal PAB on a
+    /// model without temporal attention), typed [`PresetConfig::Uncalibrated`] because it promises no quality
+    /// level (it can keep 56 dB on one model and lose the video on another). Calibrate the model and use
+    /// [`crate::Calibration::preset`] for the target.
+    pub fn preset(preset: Preset, host: &HostInfo) -> PresetConfig {
+        PresetConfig::Uncalibrated { preset, config: Self::fixed_preset(preset, host) }
+    }
+
+    fn fixed_preset(preset: Preset, host: &HostInfo) -> Self {
         let (threshold, spatial, temporal, cross, faster) = match preset {
             Preset::Quality => (0.02, 1, 2, 3, false),
             Preset::Balanced => (0.05, 2, 3, 4, true),

@@ -12,7 +12,7 @@ fn cogvideox_host() -> HostInfo {
         .flat_map(|i| ["", ".norm1", ".attn1", ".attn1.to_q", ".ff", ".ff.net.0.proj"].map(|n| format!("transformer_blocks.{i}{n}")))
         .chain(["proj_out".to_string()])
         .collect();
-    HostInfo { sites, num_blocks: 2, tensor_format: "BFCHW".into(), modules, module_names }
+    HostInfo { sites, num_blocks: 2, tensor_format: "BFCHW".into(), modules, module_names, step_signal: Some("emb".into()) }
 }
 
 #[test]
@@ -60,7 +60,10 @@ fn temporal_attention_on_a_model_without_any_is_refused() {
     assert!(matches!(pab.check_host(&cogvideox_host()), Err(ConfigError::NotHostable(m)) if m.contains("temporal")));
     // Presets drop what the model lacks, so they always fit.
     for p in [Preset::Quality, Preset::Balanced, Preset::Speed] {
-        CacheConfig::preset(p, &cogvideox_host()).check_host(&cogvideox_host()).unwrap();
+        let preset = CacheConfig::preset(p, &cogvideox_host());
+        // Without a calibration the type says so.
+        assert!(!preset.is_calibrated());
+        preset.config().check_host(&cogvideox_host()).unwrap();
     }
 }
 
@@ -140,4 +143,30 @@ fn stacks_refuse_engines_that_decide_the_same_thing() {
         let s = CacheConfig::Stack { strategies: pair.to_vec() };
         s.check_host(&cogvideox_host()).unwrap();
     }
+}
+
+#[test]
+fn teacache_uses_the_authors_names_and_is_refused_where_it_cannot_run() {
+    let c: CacheConfig = serde_json::from_str(
+        r#"{"type": "teacache", "rel_l1_thresh": 0.2, "coefficients": [1.0, 0.0], "num_steps": 12}"#,
+    )
+    .unwrap();
+    let CacheConfig::TeaCache(t) = &c else { panic!("{c:?}") };
+    assert_eq!((t.rel_l1_thresh, t.num_steps, c.label()), (0.2, 12, "teacache(0.2)".to_string()));
+    c.check_host(&cogvideox_host()).unwrap();
+    // The generation must have num_steps steps.
+    assert!(c.check_steps(12).is_ok() && c.check_steps(20).is_err());
+    // A model that hands over no step signal cannot run it.
+    let dit = HostInfo { step_signal: None, ..cogvideox_host() };
+    assert!(matches!(c.check_host(&dit), Err(ConfigError::NotHostable(m)) if m.contains("emb")));
+    // It decides the whole stack: no second decider, no FasterCache batch changes.
+    let fbc = CacheConfig::FirstBlockCache(Default::default());
+    for other in [fbc, CacheConfig::MagCache(MagCacheConfig::calibration(12)), CacheConfig::FasterCache(Default::default()), c.clone()] {
+        let stack = CacheConfig::Stack { strategies: vec![c.clone(), other] };
+        assert!(matches!(stack.validate(), Err(ConfigError::Conflict(_))), "{stack:?}");
+    }
+    // The authors' published CogVideoX polynomials load as a config.
+    let p = cache_engines::TeaCacheConfig::published("CogVideoX-5b", 0.2, 50).unwrap();
+    assert_eq!(p.coefficients[0], -1.53880483e+03);
+    CacheConfig::TeaCache(p).check_host(&cogvideox_host()).unwrap();
 }

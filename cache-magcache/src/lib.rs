@@ -96,19 +96,39 @@ fn decide<B: Backend>(config: &MagCacheConfig, ratios: &[f32], s: &mut MagState<
     if config.calibrate || s.step < config.retention_step() {
         return false;
     }
-    s.acc_ratio *= ratios.get(s.step).copied().unwrap_or(1.0);
-    s.acc_steps += 1;
-    s.acc_err += (1.0 - s.acc_ratio).abs();
     let fits = s.residual.as_ref().is_some_and(|r| r.dims() == input.hidden.dims());
-    if fits && s.acc_err <= config.threshold as f32 && s.acc_steps <= config.max_skip_steps {
+    let ratio = ratios.get(s.step).copied().unwrap_or(1.0);
+    accumulate(config, ratio, fits, &mut s.acc_ratio, &mut s.acc_steps, &mut s.acc_err)
+}
+
+/// One step of diffusers' accumulators past the retention steps: whether it skips (resetting them when not).
+fn accumulate(config: &MagCacheConfig, ratio: f32, has_residual: bool, acc_ratio: &mut f32, acc_steps: &mut usize, acc_err: &mut f32) -> bool {
+    *acc_ratio *= ratio;
+    *acc_steps += 1;
+    *acc_err += (1.0 - *acc_ratio).abs();
+    if has_residual && *acc_err <= config.threshold as f32 && *acc_steps <= config.max_skip_steps {
         return true;
     }
-    (s.acc_ratio, s.acc_steps, s.acc_err) = (1.0, 0, 0.0);
+    (*acc_ratio, *acc_steps, *acc_err) = (1.0, 0, 0.0);
     false
 }
 
-/// Mean over batch and tokens of `‖cur‖ / (‖prev‖ + 1e-8)`, norms over channels.
-fn magnitude_ratio<B: Backend>(cur: &Tensor<B, 3>, prev: &Tensor<B, 3>) -> f32 {
+/// The decisions of one generation (`true` = skip), from the configuration alone, as the engine makes them
+/// when it can hold its residual. Empty in calibration mode.
+pub fn schedule(config: &MagCacheConfig) -> Vec<bool> {
+    if config.calibrate {
+        return Vec::new();
+    }
+    let ratios = config.step_ratios();
+    let (mut r, mut n, mut e) = (1.0f32, 0usize, 0.0f32);
+    (0..config.num_inference_steps)
+        .map(|step| step >= config.retention_step() && accumulate(config, ratios.get(step).copied().unwrap_or(1.0), step > 0, &mut r, &mut n, &mut e))
+        .collect()
+}
+
+/// Mean over batch and tokens of `‖cur‖ / (‖prev‖ + 1e-8)`, norms over channels: the ratio diffusers'
+/// calibration records per step.
+pub fn magnitude_ratio<B: Backend>(cur: &Tensor<B, 3>, prev: &Tensor<B, 3>) -> f32 {
     let norm = |t: &Tensor<B, 3>| t.clone().powi_scalar(2).sum_dim(2).sqrt();
     let r = (norm(cur) / (norm(prev) + 1e-8)).mean();
     r.into_data().convert::<f32>().into_vec::<f32>().expect("float data")[0]
@@ -181,6 +201,20 @@ mod tests {
 
     fn ctx(step: usize) -> CallContext {
         CallContext::new(StepContext { step, num_steps: 6, timestep: 0.0 }, Branch::Unguided, 1)
+    }
+
+    #[test]
+    fn schedule_is_the_engines_decisions() {
+        let cfg = MagCacheConfig {
+            threshold: 0.12,
+            max_skip_steps: 2,
+            retention_ratio: 0.2,
+            num_inference_steps: 6,
+            mag_ratios: Some(vec![1.0, 1.1, 1.0, 1.05, 0.9, 1.0]),
+            ..Default::default()
+        };
+        // The same rule as the hand-derived test below: C S C S S C.
+        assert_eq!(schedule(&cfg), vec![false, true, false, true, true, false]);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use burn::module::Module;
 use burn::tensor::activation::silu;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use cache_core::{
-    attention_site, block_stack, module_site, AttentionKind, AttentionSite, CacheStrategy, CallContext,
+    attention_site, block_stack, module_site, step_signal, AttentionKind, AttentionSite, CacheStrategy, CallContext,
     HostInfo, JointStates, ModuleSite,
 };
 
@@ -358,6 +358,7 @@ impl<B: ModelBackend> CogVideoXTransformer3DModel<B> {
             tensor_format: "BFCHW".into(),
             modules: self.transformer_blocks.iter().map(CogVideoXBlock::ff_site).collect(),
             module_names: crate::host::cogvideox_names(n),
+            step_signal: Some("emb".into()),
         }
     }
 
@@ -467,6 +468,7 @@ impl<B: ModelBackend> CogVideoXTransformer3DModel<B> {
 
         // 3. Transformer blocks, the first one apart so a strategy can skip the rest
         if let Some((head, tail)) = self.transformer_blocks.split_first() {
+            step_signal(strategy, ctx, || temb.clone().unsqueeze_dim(1));
             x = block_stack(
                 strategy,
                 ctx,

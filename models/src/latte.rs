@@ -19,7 +19,7 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::silu;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use cache_core::{
-    attention_site, block_stack, module_site, AttentionKind, AttentionSite, CacheStrategy, CallContext, HostInfo,
+    attention_site, block_stack, module_site, step_signal, AttentionKind, AttentionSite, CacheStrategy, CallContext, HostInfo,
     JointStates, ModuleSite,
 };
 
@@ -176,6 +176,17 @@ impl<B: ModelBackend> BasicTransformerBlock<B> {
         ModuleSite { stack: self.stack, index: self.index, name: "ff" }
     }
 
+    /// `norm1(x) · (1 + scale_msa) + shift_msa`: what TeaCache's authors measure on Latte.
+    ///
+    /// # Shapes
+    /// `x`: `[B, R·T, D]`, `mods`: `[B, 6·D]` → `[B, R·T, D]`
+    fn modulated_input(&self, x: Tensor<B, 3>, mods: &Tensor<B, 2>) -> Tensor<B, 3> {
+        let [b, _, d] = x.dims();
+        let mods = self.scale_shift_table.val().unsqueeze_dim::<3>(0) + mods.clone().reshape([b, 6, d]);
+        let [shift_msa, scale_msa, ..]: [Tensor<B, 3>; 6] = mods.chunk(6, 1).try_into().expect("six chunks");
+        self.norm1.forward_modulated(x, scale_msa, shift_msa)
+    }
+
     /// # Shapes
     /// - `x`: `[B, R·T, D]`, `R` attention rows of `T` tokens per sample (frames × patches for a spatial
     ///   block, patches × frames for a temporal one) → the same shape
@@ -319,7 +330,8 @@ impl<B: ModelBackend> LatteTransformer3DModel<B> {
             .flat_map(|(s, t)| [s.ff_site(), t.ff_site()])
             .collect();
         let module_names = crate::host::latte_names(n);
-        HostInfo { sites, num_blocks: 2 * n, tensor_format: "BCFHW".into(), modules, module_names }
+        let step_signal = Some("transformer_blocks.0 norm1-modulated input".into());
+        HostInfo { sites, num_blocks: 2 * n, tensor_format: "BCFHW".into(), modules, module_names, step_signal }
     }
 
     /// The mean work of one attention site as a share of the mean block's work (what a reused site saves,
@@ -456,6 +468,7 @@ impl<B: ModelBackend> LatteTransformer3DModel<B> {
         let x = match self.transformer_blocks.split_first() {
             None => x,
             Some((head, rest)) => {
+                step_signal(strategy, ctx, || head.modulated_input(x.clone(), &mods));
                 let out = block_stack(
                     strategy,
                     ctx,

@@ -168,6 +168,8 @@ impl<B: Backend> DiT<B> {
             modules: self.blocks.iter().map(Block::mlp_site).collect(),
             // No module list: engines selecting by name see the sites above only.
             module_names: Vec::new(),
+            // No step signal: TeaCache's measured tensor is defined per model family by its authors.
+            step_signal: None,
         }
     }
 

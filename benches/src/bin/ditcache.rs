@@ -59,9 +59,10 @@ enum Command {
     Sample(SampleArgs),
     /// Searches the engines' parameters for the fastest configuration that meets a quality target.
     Tune(TuneArgs),
-    /// Measures what an engine needs for a model and step count: MagCache's per-step magnitude ratios (one
-    /// generation in diffusers' calibration mode), written as a MagCache config file that `bench --strategy`
-    /// and `CacheConfig::from_file` load.
+    /// Calibrates a model for a step count: one uncached generation measures what every engine needs
+    /// (first-block and attention changes, MagCache's ratios, TeaCache's fitted polynomial), a few cached ones
+    /// resolve the presets to their quality targets; written as one calibration file (TOML) that `bench` and
+    /// `sample` take with `--calibration` and `Calibration::from_file` loads.
     Calibrate(CalibrateArgs),
     /// Writes a preset model with random weights as a diffusers model directory (config.json + safetensors).
     ExportModel {
@@ -78,7 +79,7 @@ enum Command {
 }
 
 /// What a generation runs on: the model, its prompt, seeds, steps and guidance.
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 struct RunArgs {
     /// `shapes` (the trained model in assets/shapes), `s` (benchmark model S, random weights), `2b`, `5b`,
     /// `latte` (the Latte bench model, random weights), `latte-1`, or a diffusers model or pipeline directory
@@ -167,16 +168,22 @@ struct BenchArgs {
     /// Write what `tools/reference/peer_timing.py` needs (model, inputs, strategies) to this directory.
     #[arg(long)]
     export: Option<PathBuf>,
+    #[command(flatten)]
+    calibration: CalibrationArgs,
 }
 
 #[derive(clap::Args)]
 struct CalibrateArgs {
     #[command(flatten)]
     run: RunArgs,
-    /// The config file to write (`.toml` or JSON).
-    #[arg(long, default_value = "magcache.json")]
+    /// The calibration file to write (TOML).
+    #[arg(long, default_value = "calibration.toml")]
     out: PathBuf,
-    /// The threshold written with the ratios.
+    /// Also write a MagCache config with the measured ratios (`.toml` or JSON), for `bench --strategy` and
+    /// `CacheConfig::from_file`.
+    #[arg(long)]
+    magcache_out: Option<PathBuf>,
+    /// The threshold of `--magcache-out`'s config.
     #[arg(long, default_value_t = 0.06)]
     threshold: f64,
 }
@@ -184,18 +191,101 @@ struct CalibrateArgs {
 fn calibrate(a: CalibrateArgs) -> Result<ExitCode, String> {
     let device = backend::device();
     let (mut model, _, opts) = a.run.load(1)?;
-    let ratios = benches::bench::calibrate_magcache(&mut model, &opts, &device)?;
-    let cfg = benches::bench::magcache(opts.steps, &ratios, a.threshold, cache_engines::MagCacheConfig::default().max_skip_steps);
-    cfg.validate().map_err(|e| e.to_string())?;
-    let text = if a.out.extension().is_some_and(|e| e == "toml") {
-        toml_string(&cfg)?
-    } else {
-        serde_json::to_string_pretty(&cfg).expect("json")
-    };
-    std::fs::write(&a.out, &text).map_err(|e| format!("{}: {e}", a.out.display()))?;
-    println!("{text}");
-    eprintln!("wrote {} (MagCache ratios of {} over {} steps)", a.out.display(), a.run.model, opts.steps);
+    let opts = calibration_options(&a.run, &model, &opts)?;
+    eprintln!(
+        "calibrating {} ({} steps, {} videos): one measuring generation, then the presets' verifications",
+        a.run.model, opts.steps, opts.batch
+    );
+    let run = benches::calibrate::calibrate(&mut model, &opts, &device)?;
+    std::fs::write(&a.out, run.calibration.to_toml()).map_err(|e| format!("{}: {e}", a.out.display()))?;
+    for v in &run.verifications {
+        eprintln!("verified {} ({} steps skipped, predicted error {:.3}): {:.1} dB", v.label, v.skipped_steps, v.predicted_error, v.psnr_db);
+    }
+    print_calibration(&run.calibration);
+    eprintln!(
+        "wrote {} in {:.1} s = {:.1} uncached generations ({:.2} s each; {} verifying generations)",
+        a.out.display(), run.seconds, run.seconds / run.uncached_seconds, run.uncached_seconds, run.verifications.len()
+    );
+    if let Some(path) = &a.magcache_out {
+        let cfg = run.calibration.magcache(a.threshold, cache_engines::MagCacheConfig::default().max_skip_steps, opts.steps);
+        cfg.validate().map_err(|e| e.to_string())?;
+        let text = if path.extension().is_some_and(|e| e == "toml") { toml_string(&cfg)? } else { serde_json::to_string_pretty(&cfg).expect("json") };
+        std::fs::write(path, &text).map_err(|e| format!("{}: {e}", path.display()))?;
+        eprintln!("wrote {} (MagCache ratios of {} over {} steps)", path.display(), a.run.model, opts.steps);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The presets of a calibration, one line each.
+fn print_calibration(cal: &cache_engines::Calibration) {
+    for p in cache_engines::Preset::ALL {
+        if let Some(r) = cal.presets.get(p.name()) {
+            let psnr = r.calibration_psnr_db.map_or("∞ (nothing cached)".to_string(), |v| format!("{v:.1} dB"));
+            println!(
+                "{:>8} (≥ {} dB): {} — {} of {} steps skipped, {} on the calibration input",
+                p.name(), r.target_psnr_db, r.config.label(), r.skipped_steps, cal.num_inference_steps, psnr
+            );
+        }
+    }
+}
+
+/// The options of a calibration run: on the trained model its [`benches::calibrate::CALIBRATION_PROMPTS`]
+/// (or the `--prompt`s given, when not the default one), one video each; on other models
+/// [`benches::calibrate::CALIBRATION_VIDEOS`] videos with drawn prompts (or `--batch` when larger than 1).
+fn calibration_options(run: &RunArgs, model: &VideoModel<Backend>, opts: &BenchOptions) -> Result<BenchOptions, String> {
+    let default = run.prompt.len() == 1 && run.prompt[0] == benches::shapes::DEFAULT_PROMPT;
+    let prompts: Vec<String> = if default {
+        benches::calibrate::CALIBRATION_PROMPTS.iter().map(|p| p.to_string()).collect()
+    } else {
+        run.prompt.clone()
+    };
+    Ok(match prompt_embeds(&run.model, model, &prompts)? {
+        Some(table) => BenchOptions { prompt: Some(table), batch: prompts.len(), progress: false, ..opts.clone() },
+        None => {
+            let batch = if run.batch > 1 { run.batch } else { benches::calibrate::CALIBRATION_VIDEOS };
+            BenchOptions { prompt: None, batch, progress: false, ..opts.clone() }
+        }
+    })
+}
+
+/// Where `bench` and `sample` find (or make) the model's calibration ([`calibration_options`]).
+#[derive(clap::Args)]
+struct CalibrationArgs {
+    /// The model's calibration file: read when it exists (refused when made for another model or step count),
+    /// otherwise made there (~3 generations). Default: the user's cache directory
+    /// (`$XDG_CACHE_HOME/ditcache` or `~/.cache/ditcache`), a file per model, weights and schedule.
+    #[arg(long)]
+    calibration: Option<PathBuf>,
+    /// Use the fixed, uncalibrated presets (no quality level; a warning says so).
+    #[arg(long)]
+    uncalibrated: bool,
+}
+
+impl CalibrationArgs {
+    /// The calibration for this run, made on first use.
+    fn load(&self, run: &RunArgs, model: &mut VideoModel<Backend>, opts: &BenchOptions) -> Result<cache_engines::Calibration, String> {
+        let key = format!(
+            "{}-w{}-{}steps-g{}-{}",
+            std::fs::canonicalize(&run.model).map(|p| p.display().to_string()).unwrap_or_else(|_| run.model.clone()),
+            run.seed,
+            opts.steps,
+            opts.guidance,
+            run.latent_size.map(|[f, h, w]| format!("{f}x{h}x{w}")).unwrap_or_else(|| "native".into()),
+        );
+        let path = self.calibration.clone().unwrap_or_else(|| benches::calibrate::default_calibration_path(&key));
+        // Calibrated on the default calibration prompts whatever this run's prompts are.
+        let base = RunArgs { prompt: vec![benches::shapes::DEFAULT_PROMPT.to_string()], batch: 1, ..run.clone() };
+        let cal_opts = calibration_options(&base, model, opts)?;
+        let (cal, made) = benches::calibrate::load_or_calibrate(&path, model, &cal_opts, &backend::device())?;
+        match made {
+            Some(r) => eprintln!(
+                "calibrated {} in {:.1} s ({:.1} uncached generations), wrote {}",
+                run.model, r.seconds, r.seconds / r.uncached_seconds, path.display()
+            ),
+            None => eprintln!("calibration: {}", path.display()),
+        }
+        Ok(cal)
+    }
 }
 
 #[derive(clap::Args)]
@@ -346,10 +436,14 @@ fn bench(a: BenchArgs) -> Result<ExitCode, String> {
         return Err("--repeats must be at least 1".into());
     }
     let (mut model, weights, opts) = a.run.load(a.repeats)?;
+    // Refuse inputs the prompts cannot make before anything is calibrated.
+    model.bench_inputs(&opts, &device)?;
     let strategies = if a.strategies.is_empty() {
-        eprintln!("calibrating MagCache on {} ({} steps)", a.run.model, opts.steps);
-        let ratios = benches::bench::calibrate_magcache(&mut model, &opts, &device)?;
-        benches::bench::default_strategies(&model.host_info(), opts.steps, &ratios)
+        if a.calibration.uncalibrated {
+            return Err("--uncalibrated: the default table's MagCache, TeaCache and preset rows need a calibration; give --strategy files".into());
+        }
+        let cal = a.calibration.load(&a.run, &mut model, &opts)?;
+        benches::bench::default_strategies(&model.host_info(), &cal)
     } else {
         a.strategies
             .iter()
@@ -419,9 +513,12 @@ fn copy_dir(src: &std::path::Path, dst: &std::path::Path) -> Result<(), String> 
 struct SampleArgs {
     #[command(flatten)]
     run: RunArgs,
-    /// `quality`, `balanced`, `speed`, or a config file.
+    /// `quality`, `balanced`, `speed` (resolved from the model's calibration, made on first use), or a config
+    /// file.
     #[arg(long, default_value = "balanced")]
     strategy: String,
+    #[command(flatten)]
+    calibration: CalibrationArgs,
     /// Pixels per latent pixel.
     #[arg(long, default_value_t = 8)]
     scale: usize,
@@ -434,9 +531,19 @@ fn sample(a: SampleArgs) -> Result<ExitCode, String> {
     let device = backend::device();
     let (mut model, _, opts) = a.run.load(1)?;
     let config = match a.strategy.parse::<cache_engines::Preset>() {
-        Ok(p) => CacheConfig::preset(p, &model.host_info()),
+        Ok(p) if a.calibration.uncalibrated => {
+            let preset = CacheConfig::preset(p, &model.host_info());
+            eprintln!("warning: preset {} is uncalibrated: a fixed parameter set, no quality level on this model", p.name());
+            preset.config().clone()
+        }
+        Ok(p) => {
+            let cal = a.calibration.load(&a.run, &mut model, &opts)?;
+            let preset = cal.preset(p, model.class_name(), &model.host_info(), opts.steps).map_err(|e| e.to_string())?;
+            preset.config().clone()
+        }
         Err(_) => CacheConfig::from_file(std::path::Path::new(&a.strategy)).map_err(|e| e.to_string())?,
     };
+    config.check_steps(opts.steps).map_err(|e| e.to_string())?;
     let input = model.bench_inputs(&opts, &device)?;
     let (plain, _, _, t0) = benches::bench::generate(&mut model, &input, None)?;
     let (cached, stats, _, t1) = benches::bench::generate(&mut model, &input, Some(&config))?;

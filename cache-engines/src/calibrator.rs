@@ -1,0 +1,124 @@
+//! The measuring strategy of a calibration run: caches nothing, records per model call what every engine's
+//! decision rule looks at, so one uncached generation serves them all.
+
+use std::collections::{BTreeMap, HashMap};
+
+use burn::tensor::{backend::Backend, Tensor};
+use cache_core::{AttentionSite, CacheStrategy, CallContext, JointStates, TailPlan};
+use cache_magcache::magnitude_ratio;
+use cache_teacache::relative_l1;
+
+/// Records, per model call (one call per step: a batched CFG loop or an unguided one), relative to the previous
+/// call:
+/// - the first block's residual change, as First Block Cache measures it (`mean|r − r'| / mean|r'|`);
+/// - each attention site's output change (same measure), the quantity PAB and FasterCache bet on;
+/// - the block stack's residual magnitude ratio, as MagCache's calibration does (1 at the first call);
+/// - the step signal's change (TeaCache's `x`) and the block stack's output change (its `y`).
+///
+/// It holds the previous call's tensors: one copy of every attention output, of the stack's output and
+/// residual, and of the step signal.
+pub struct Calibrator<B: Backend> {
+    prev_head: Option<Tensor<B, 3>>,
+    prev_signal: Option<Tensor<B, 3>>,
+    prev_output: Option<Tensor<B, 3>>,
+    prev_residual: Option<Tensor<B, 3>>,
+    prev_sites: HashMap<String, Tensor<B, 3>>,
+    /// First-block residual change per call from the second on.
+    pub first_block_changes: Vec<f64>,
+    /// Attention output change per site, per call from the second on.
+    pub attention_changes: BTreeMap<String, Vec<f64>>,
+    /// MagCache's magnitude ratio per call (1 at the first).
+    pub mag_ratios: Vec<f64>,
+    /// Step-signal change per call from the second on (TeaCache's `x`).
+    pub signal_changes: Vec<f64>,
+    /// Block-stack output change (video tokens) per call from the second on (TeaCache's `y`).
+    pub output_changes: Vec<f64>,
+    /// Block-stack residual change per call from the second on, relative to the stack output's size
+    /// (`mean|r − r'| / mean|out|`): the error a skip that reuses the previous residual makes.
+    pub residual_changes: Vec<f64>,
+}
+
+impl<B: Backend> Default for Calibrator<B> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<B: Backend> Calibrator<B> {
+    /// A calibrator with nothing recorded.
+    pub fn new() -> Self {
+        Self {
+            prev_head: None,
+            prev_signal: None,
+            prev_output: None,
+            prev_residual: None,
+            prev_sites: HashMap::new(),
+            first_block_changes: Vec::new(),
+            attention_changes: BTreeMap::new(),
+            mag_ratios: Vec::new(),
+            signal_changes: Vec::new(),
+            output_changes: Vec::new(),
+            residual_changes: Vec::new(),
+        }
+    }
+}
+
+/// The change of `cur` against the previous value in `slot` (if any), which `cur` then replaces.
+fn change<B: Backend>(slot: &mut Option<Tensor<B, 3>>, cur: &Tensor<B, 3>) -> Option<f64> {
+    let out = slot.as_ref().filter(|p| p.dims() == cur.dims()).map(|p| relative_l1(cur, p));
+    *slot = Some(cur.clone());
+    out
+}
+
+impl<B: Backend> CacheStrategy<B> for Calibrator<B> {
+    fn reset(&mut self) {
+        *self = Self::new();
+    }
+
+    fn wants_step_signal(&self) -> bool {
+        true
+    }
+
+    fn observe_step_signal(&mut self, _ctx: &CallContext, signal: &Tensor<B, 3>) {
+        if let Some(c) = change(&mut self.prev_signal, signal) {
+            self.signal_changes.push(c);
+        }
+    }
+
+    fn after_head_block(&mut self, _ctx: &CallContext, input: &JointStates<B>, output: &JointStates<B>) -> TailPlan<B> {
+        let residual = output.hidden.clone() - input.hidden.clone();
+        if let Some(c) = change(&mut self.prev_head, &residual) {
+            self.first_block_changes.push(c);
+        }
+        TailPlan::Compute
+    }
+
+    fn after_blocks(&mut self, _ctx: &CallContext, input: &JointStates<B>, output: &JointStates<B>) {
+        let residual = output.hidden.clone() - input.hidden.clone();
+        let ratio = match &self.prev_residual {
+            Some(prev) if prev.dims() == residual.dims() => magnitude_ratio(&residual, prev) as f64,
+            _ => 1.0,
+        };
+        self.mag_ratios.push(ratio);
+        if let Some(prev) = self.prev_residual.as_ref().filter(|p| p.dims() == residual.dims()) {
+            let size = output.hidden.clone().abs().mean().into_data().convert::<f64>().into_vec::<f64>().expect("float")[0];
+            let diff = (residual.clone() - prev.clone()).abs().mean().into_data().convert::<f64>().into_vec::<f64>().expect("float")[0];
+            self.residual_changes.push(diff / size.max(f64::MIN_POSITIVE));
+        }
+        self.prev_residual = Some(residual);
+        if let Some(c) = change(&mut self.prev_output, &output.hidden) {
+            self.output_changes.push(c);
+        }
+    }
+
+    fn after_attention(&mut self, _ctx: &CallContext, site: &AttentionSite, output: &JointStates<B>) {
+        let name = site.to_string();
+        let mut slot = self.prev_sites.remove(&name);
+        if let Some(c) = change(&mut slot, &output.hidden) {
+            self.attention_changes.entry(name.clone()).or_default().push(c);
+        }
+        if let Some(t) = slot {
+            self.prev_sites.insert(name, t);
+        }
+    }
+}
