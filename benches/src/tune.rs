@@ -92,7 +92,7 @@ pub fn tune<B: ModelBackend>(
 ) -> Result<(Vec<Candidate>, f64), String> {
     let input = model.bench_inputs(opts, device)?;
     let work = model.work_model();
-    let (cal, ..) = measure(model, opts, device)?;
+    let (cal, _) = measure(model, opts, device)?;
     let families = grid(&model.host_info(), &cal);
     let singles: usize = families.iter().map(Vec::len).sum();
     let bar = if opts.progress { ProgressBar::new((3 + singles + 3 * confirm) as u64) } else { ProgressBar::hidden() };

@@ -193,7 +193,7 @@ fn calibrate(a: CalibrateArgs) -> Result<ExitCode, String> {
     let (mut model, _, opts) = a.run.load(1)?;
     let opts = calibration_options(&a.run, &model, &opts)?;
     eprintln!(
-        "calibrating {} ({} steps, {} videos): one measuring generation, then the presets' verifications",
+        "calibrating {} ({} steps, {} videos): one measuring pass, then the presets' verifying passes",
         a.run.model, opts.steps, opts.batch
     );
     let run = benches::calibrate::calibrate(&mut model, &opts, &device)?;
@@ -203,8 +203,8 @@ fn calibrate(a: CalibrateArgs) -> Result<ExitCode, String> {
     }
     print_calibration(&run.calibration);
     eprintln!(
-        "wrote {} in {:.1} s = {:.1} uncached generations ({:.2} s each; {} verifying generations)",
-        a.out.display(), run.seconds, run.seconds / run.uncached_seconds, run.uncached_seconds, run.verifications.len()
+        "wrote {} in {:.1} s: measuring pass {:.1} s ({} videos, uncached), {} verifying passes",
+        a.out.display(), run.seconds, run.uncached_seconds, opts.batch, run.verifications.len()
     );
     if let Some(path) = &a.magcache_out {
         let cfg = run.calibration.magcache(a.threshold, cache_engines::MagCacheConfig::default().max_skip_steps, opts.steps);
@@ -279,8 +279,8 @@ impl CalibrationArgs {
         let (cal, made) = benches::calibrate::load_or_calibrate(&path, model, &cal_opts, &backend::device())?;
         match made {
             Some(r) => eprintln!(
-                "calibrated {} in {:.1} s ({:.1} uncached generations), wrote {}",
-                run.model, r.seconds, r.seconds / r.uncached_seconds, path.display()
+                "calibrated {} in {:.1} s (measuring pass {:.1} s for {} videos, {} verifying passes), wrote {}",
+                run.model, r.seconds, r.uncached_seconds, cal_opts.batch, r.verifications.len(), path.display()
             ),
             None => eprintln!("calibration: {}", path.display()),
         }
