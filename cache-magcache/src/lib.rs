@@ -203,16 +203,21 @@ mod tests {
         CallContext::new(StepContext { step, num_steps: 6, timestep: 0.0 }, Branch::Unguided, 1)
     }
 
-    #[test]
-    fn schedule_is_the_engines_decisions() {
-        let cfg = MagCacheConfig {
+    /// The hand-derived configuration of both tests.
+    fn by_hand() -> MagCacheConfig {
+        MagCacheConfig {
             threshold: 0.12,
             max_skip_steps: 2,
             retention_ratio: 0.2,
             num_inference_steps: 6,
             mag_ratios: Some(vec![1.0, 1.1, 1.0, 1.05, 0.9, 1.0]),
             ..Default::default()
-        };
+        }
+    }
+
+    #[test]
+    fn schedule_is_the_engines_decisions() {
+        let cfg = by_hand();
         // The same rule as the hand-derived test below: C S C S S C.
         assert_eq!(schedule(&cfg), vec![false, true, false, true, true, false]);
     }
@@ -221,14 +226,7 @@ mod tests {
     fn decisions_and_outputs_follow_the_rule_by_hand() {
         // retention = int(0.2 · 6 + 0.5) = 1. From step 1: acc_err 0.1 (skip), 0.2 (> 0.12: compute, reset),
         // 0.05 (skip), 0.05 + |1 − 1.05·0.9| = 0.105 (skip), then a third step in a row (> max_skip_steps 2).
-        let cfg = MagCacheConfig {
-            threshold: 0.12,
-            max_skip_steps: 2,
-            retention_ratio: 0.2,
-            num_inference_steps: 6,
-            mag_ratios: Some(vec![1.0, 1.1, 1.0, 1.05, 0.9, 1.0]),
-            ..Default::default()
-        };
+        let cfg = by_hand();
         let mut e = MagCache::<B>::new(cfg);
         let dev = Default::default();
         let mut decisions = Vec::new();

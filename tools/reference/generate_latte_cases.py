@@ -97,9 +97,10 @@ class TemporalStep(torch.nn.Module):
 TransformerBlockRegistry.register(TemporalStep, TransformerBlockMetadata(return_hidden_states_index=0))
 
 
-def rewired_forward(model, steps):
+def rewired_forward(model, steps, around=None):
     """diffusers' `LatteTransformer3DModel.forward` (0.42), line for line, with each temporal half-step run as
-    a `TemporalStep`."""
+    a `TemporalStep`. `around(model, hidden_states, t_spatial, blocks)`, when given, runs in place of the block
+    loop (`blocks(hidden_states)` runs it), for rules that decide around the whole stack."""
     p = model.config.patch_size
 
     def forward(self, hidden_states, timestep=None, encoder_hidden_states=None, encoder_attention_mask=None,
@@ -119,10 +120,14 @@ def rewired_forward(model, steps):
             enc_spatial = enc.repeat_interleave(num_frame, dim=0).view(-1, enc.shape[-2], enc.shape[-1])
             t_spatial = timestep.repeat_interleave(num_frame, dim=0).view(-1, timestep.shape[-1])
             t_temp = timestep.repeat_interleave(num_patches, dim=0).view(-1, timestep.shape[-1])
-            for spatial_block, step in zip(self.transformer_blocks, steps):
-                hidden_states = spatial_block(hidden_states, None, enc_spatial, encoder_attention_mask, t_spatial,
-                                              None, None)
-                hidden_states = step(hidden_states, t_temp)
+            def blocks(hidden_states):
+                for spatial_block, step in zip(self.transformer_blocks, steps):
+                    hidden_states = spatial_block(hidden_states, None, enc_spatial, encoder_attention_mask,
+                                                  t_spatial, None, None)
+                    hidden_states = step(hidden_states, t_temp)
+                return hidden_states
+
+            hidden_states = blocks(hidden_states) if around is None else around(self, hidden_states, t_spatial, blocks)
             embedded_timestep = embedded_timestep.repeat_interleave(num_frame, dim=0).view(
                 -1, embedded_timestep.shape[-1])
             shift, scale = (self.scale_shift_table[None] + embedded_timestep[:, None]).chunk(2, dim=1)

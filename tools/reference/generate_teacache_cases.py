@@ -12,7 +12,7 @@ block loop of diffusers' own forward:
   receives (video and text stack inputs, `temb = emb`, the rotary tables) and applies the rule to the original
   blocks; the measured tensor is `emb`.
 - Latte: diffusers' forward, line for line (generate_latte_cases.rewired_forward, with the temporal half-steps
-  as modules), with the rule around the block loop; the measured tensor is the first spatial block's
+  as modules), with the rule around its block loop; the measured tensor is the first spatial block's
   `norm1(x) * (1 + scale_msa) + shift_msa`.
 Per call: the first and the last call compute (`cnt`), otherwise `acc += poly(rel)` and skip iff
 `acc < rel_l1_thresh`. The generator checks that the port with a threshold that never skips equals diffusers'
@@ -22,7 +22,6 @@ accumulated value the rule compares is at least `MARGIN` away from the threshold
 import argparse
 import os
 import sys
-import types
 
 import numpy as np
 import torch
@@ -97,58 +96,27 @@ def with_cog_teacache(model, rule):
     return undo
 
 
-def latte_teacache_forward(model, steps, rule):
-    """generate_latte_cases.rewired_forward (diffusers' Latte forward, 0.42) with the rule around the blocks."""
-    p = model.config.patch_size
+def latte_rule(rule):
+    """The rule around the block loop of diffusers' Latte forward (generate_latte_cases.rewired_forward)."""
 
-    def forward(self, hidden_states, timestep=None, encoder_hidden_states=None, encoder_attention_mask=None,
-                enable_temporal_attentions=True, return_dict=True):
-        batch_size, channels, num_frame, height, width = hidden_states.shape
-        for s in steps:
-            s.batch, s.frames = batch_size, num_frame
-        hidden_states = hidden_states.permute(0, 2, 1, 3, 4).reshape(-1, channels, height, width)
-        height, width = hidden_states.shape[-2] // p, hidden_states.shape[-1] // p
-        num_patches = height * width
-        hidden_states = self.pos_embed(hidden_states)
-        added = {"resolution": None, "aspect_ratio": None}
-        timestep, embedded_timestep = self.adaln_single(
-            timestep, added_cond_kwargs=added, batch_size=batch_size, hidden_dtype=hidden_states.dtype)
-        enc = self.caption_projection(encoder_hidden_states)
-        enc_spatial = enc.repeat_interleave(num_frame, dim=0).view(-1, enc.shape[-2], enc.shape[-1])
-        t_spatial = timestep.repeat_interleave(num_frame, dim=0).view(-1, timestep.shape[-1])
-        t_temp = timestep.repeat_interleave(num_patches, dim=0).view(-1, timestep.shape[-1])
+    def around(model, hidden_states, t_spatial, blocks):
         # The authors' measured tensor: the first spatial block's modulated input.
-        head = self.transformer_blocks[0]
+        head = model.transformer_blocks[0]
         mods = head.scale_shift_table[None] + t_spatial.reshape(hidden_states.shape[0], 6, -1)
         shift_msa, scale_msa = mods.chunk(6, dim=1)[:2]
         modulated = head.norm1(hidden_states) * (1 + scale_msa) + shift_msa
-        if rule.should_calc(modulated):
-            origin = hidden_states
-            for spatial_block, step in zip(self.transformer_blocks, steps):
-                hidden_states = spatial_block(hidden_states, None, enc_spatial, encoder_attention_mask, t_spatial,
-                                              None, None)
-                hidden_states = step(hidden_states, t_temp)
-            rule.residual = hidden_states - origin
-        else:
-            hidden_states = hidden_states + rule.residual
-        embedded_timestep = embedded_timestep.repeat_interleave(num_frame, dim=0).view(-1, embedded_timestep.shape[-1])
-        shift, scale = (self.scale_shift_table[None] + embedded_timestep[:, None]).chunk(2, dim=1)
-        hidden_states = self.norm_out(hidden_states)
-        hidden_states = hidden_states * (1 + scale) + shift
-        hidden_states = self.proj_out(hidden_states)
-        hidden_states = hidden_states.reshape(shape=(-1, height, width, p, p, self.out_channels))
-        hidden_states = torch.einsum("nhwpqc->nchpwq", hidden_states)
-        output = hidden_states.reshape(shape=(-1, self.out_channels, height * p, width * p))
-        output = output.reshape(batch_size, -1, output.shape[-3], output.shape[-2], output.shape[-1]).permute(
-            0, 2, 1, 3, 4)
-        return (output,)
+        if not rule.should_calc(modulated):
+            return hidden_states + rule.residual
+        out = blocks(hidden_states)
+        rule.residual = out - hidden_states
+        return out
 
-    return types.MethodType(forward, model)
+    return around
 
 
 def with_latte_teacache(model, rule):
     steps = [latte.TemporalStep(model, i) for i in range(len(model.temporal_transformer_blocks))]
-    model.forward = latte_teacache_forward(model, steps, rule)
+    model.forward = latte.rewired_forward(model, steps, latte_rule(rule))
 
     def undo():
         del model.forward
