@@ -62,12 +62,10 @@ pub struct CaseReport {
     pub error: Option<String>,
 }
 
-/// The repository's `tests/cases`, found through the `benches` crate directory: `CARGO_MANIFEST_DIR` at run
-/// time when set (cargo sets it for tests; a binary run on another machine, as `tools/gpu/check.sh` can, is
-/// given it), else the directory this crate was built in.
+/// The repository's `tests/cases`, found from [`crate::crate_dir`] (cargo sets `CARGO_MANIFEST_DIR` for tests;
+/// a binary run on another machine, as `tools/gpu/check.sh` can, is given it).
 pub fn committed_cases_dir() -> PathBuf {
-    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
-    crate_dir.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR"))).join("../tests/cases")
+    crate::crate_dir().join("../tests/cases")
 }
 
 /// `||a - b|| / ||b||` over all elements.

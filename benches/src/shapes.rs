@@ -18,11 +18,9 @@ pub const ATTRIBUTES: [(&str, &[&str]); 4] = [
 /// The prompt `bench` and `tune` use on the trained model.
 pub const DEFAULT_PROMPT: &str = "shape=disc,size=large,colour=red,direction=right";
 
-/// Where the trained model lives in this repository (found through `CARGO_MANIFEST_DIR` at run time when set,
-/// as for [`crate::parity::committed_cases_dir`], so a binary built elsewhere finds the checkout it runs in).
+/// Where the trained model lives in this repository (found from [`crate::crate_dir`]).
 pub fn shapes_dir() -> PathBuf {
-    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
-    crate_dir.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR"))).join("../assets/shapes")
+    crate::crate_dir().join("../assets/shapes")
 }
 
 /// Prompt embeddings of a model trained with attribute tokens.

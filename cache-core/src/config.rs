@@ -212,3 +212,19 @@ pub fn read_config_file<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigErr
         serde_json::from_str(&text).map_err(|e| err(e.to_string()))
     }
 }
+
+/// `value` as TOML text, the form [`read_config_file`] reads back. TOML has no null: unset optional fields
+/// (JSON `null`) are left out, which their `serde(default)` restores.
+pub fn to_toml<T: serde::Serialize>(value: &T) -> Result<String, String> {
+    fn strip(v: serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => {
+                serde_json::Value::Object(m.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, strip(v))).collect())
+            }
+            serde_json::Value::Array(a) => serde_json::Value::Array(a.into_iter().map(strip).collect()),
+            other => other,
+        }
+    }
+    let json = serde_json::to_value(value).map_err(|e| e.to_string())?;
+    toml::to_string(&strip(json)).map_err(|e| e.to_string())
+}

@@ -34,7 +34,7 @@ mod stats;
 mod strategy;
 
 pub use config::{
-    check_range, check_skip, classify, in_range, read_config_file, require_class, ConfigError, HostInfo, Identifiers,
+    check_range, check_skip, classify, in_range, read_config_file, require_class, to_toml, ConfigError, HostInfo, Identifiers,
     SiteClass, TimestepRange,
 };
 pub use context::{AttentionKind, AttentionSite, Branch, CallContext, CfgOrder, ModuleSite, StepContext};

@@ -12,6 +12,7 @@ mod calibrator;
 mod label;
 mod polyfit;
 mod preset;
+mod resolve;
 
 use std::path::Path;
 
@@ -24,10 +25,8 @@ pub use cache_pab::{PyramidAttentionBroadcast, PyramidAttentionBroadcastConfig};
 pub use cache_taylorseer::{patterns_for_host as cache_taylorseer_patterns, FactorDtype, TaylorSeer, TaylorSeerCacheConfig};
 pub use cache_magcache::schedule as magcache_schedule;
 pub use cache_teacache::{schedule as teacache_schedule, TeaCache, TeaCacheConfig, PUBLISHED_COEFFICIENTS as TEACACHE_PUBLISHED_COEFFICIENTS};
-pub use calibration::{
-    candidates, predicted_error, resolve_presets, CalibratedPreset, Calibration, Candidate, ModelId, PresetConfig,
-    TeaCacheFit, Verification, MARGIN_DB, MAX_VERIFICATIONS,
-};
+pub use calibration::{CalibratedPreset, Calibration, ModelId, PresetConfig, TeaCacheFit};
+pub use resolve::{candidates, predicted_error, resolve_presets, Candidate, Verification, MARGIN_DB, MAX_VERIFICATIONS};
 pub use calibrator::Calibrator;
 pub use polyfit::fit_polynomial;
 pub use preset::Preset;

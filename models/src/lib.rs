@@ -28,7 +28,7 @@ pub use input::ForwardInput;
 pub use ops::ModelBackend;
 pub use config::CogVideoXConfig;
 pub use error::{ModelError, Result};
-pub use pipeline::{denoise, DenoiseInput, DenoiseOptions};
+pub use pipeline::{denoise, per_video, DenoiseInput, DenoiseOptions};
 pub use latte::{LattePositions, LatteTransformer3DModel};
 pub use latte_config::LatteConfig;
 pub use latte_pipeline::LattePipeline;

@@ -73,8 +73,10 @@ pub(crate) struct Guidance<B: Backend> {
     scale: Option<f32>,
 }
 
-/// `[B, S, D]` → `[B·V, S, D]` with each row's `V` copies adjacent (diffusers' `e.repeat(1, V, 1).view(B·V, S, D)`).
-fn per_video<B: Backend>(embeds: Tensor<B, 3>, videos_per_prompt: usize) -> Tensor<B, 3> {
+/// One embedding row per video: `[B, S, D]` → `[B·V, S, D]` with each row's `V` copies adjacent (diffusers'
+/// `e.repeat(1, V, 1).view(B·V, S, D)`), as the pipelines batch prompts (and as `CogVideoXPipeline` needs
+/// passed-in embeddings: one row per video).
+pub fn per_video<B: Backend>(embeds: Tensor<B, 3>, videos_per_prompt: usize) -> Tensor<B, 3> {
     if videos_per_prompt == 1 {
         return embeds;
     }

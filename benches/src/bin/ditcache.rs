@@ -340,16 +340,7 @@ fn tune(a: TuneArgs) -> Result<ExitCode, String> {
 }
 
 fn toml_string(cfg: &CacheConfig) -> Result<String, String> {
-    // TOML has no null: drop the unset optional fields through JSON first.
-    fn strip(v: serde_json::Value) -> serde_json::Value {
-        match v {
-            serde_json::Value::Object(m) => serde_json::Value::Object(m.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, strip(v))).collect()),
-            serde_json::Value::Array(a) => serde_json::Value::Array(a.into_iter().map(strip).collect()),
-            other => other,
-        }
-    }
-    let v = strip(serde_json::to_value(cfg).expect("json"));
-    toml::to_string(&v).map_err(|e| e.to_string())
+    cache_core::to_toml(cfg)
 }
 
 /// A model directory: a diffusers model directory, or a pipeline directory with `transformer/` (and, for the
@@ -467,11 +458,7 @@ fn bench(a: BenchArgs) -> Result<ExitCode, String> {
         }
         let input = model.bench_inputs(&opts, &device)?;
         // One embedding row per video: CogVideoXPipeline makes one video per prompt row of passed embeddings.
-        let per_video = |t: burn::tensor::Tensor<Backend, 3>| {
-            let [b, s, d] = t.dims();
-            let v = input.num_videos_per_prompt;
-            HostTensor::from_tensor(t.repeat_dim(1, v).reshape([b * v, s, d]))
-        };
+        let per_video = |t| HostTensor::from_tensor(models::per_video(t, input.num_videos_per_prompt));
         let mut t = std::collections::BTreeMap::new();
         t.insert("latents".to_string(), HostTensor::from_tensor(input.latents.clone()));
         t.insert("prompt_embeds".to_string(), per_video(input.prompt_embeds.clone()));
