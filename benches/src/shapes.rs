@@ -15,6 +15,18 @@ pub const ATTRIBUTES: [(&str, &[&str]); 4] = [
     ("direction", &["right", "left", "down", "up"]),
 ];
 
+/// Every prompt of the trained model (one value per attribute, in [`ATTRIBUTES`] order): 64.
+pub fn all_prompts() -> Vec<String> {
+    let mut prompts = vec![String::new()];
+    for (name, values) in ATTRIBUTES {
+        prompts = prompts
+            .iter()
+            .flat_map(|p| values.iter().map(move |v| if p.is_empty() { format!("{name}={v}") } else { format!("{p},{name}={v}") }))
+            .collect();
+    }
+    prompts
+}
+
 /// The prompt `bench` and `tune` use on the trained model.
 pub const DEFAULT_PROMPT: &str = "shape=disc,size=large,colour=red,direction=right";
 

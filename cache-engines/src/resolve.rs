@@ -153,28 +153,32 @@ pub struct Verification {
     pub skipped_steps: usize,
     /// Its predicted error ([`predicted_error`]).
     pub predicted_error: f64,
-    /// The PSNR it reached (dB).
+    /// The PSNR it needed (dB): its preset's target plus [`MARGIN_DB`].
+    pub need_db: f64,
+    /// The PSNR it reached (dB); below `need_db`, possibly only on the videos run before the first miss.
     pub psnr_db: f64,
 }
 
 /// Resolves the three presets. A first generation verifies the cheapest candidate that still runs two thirds
 /// of the work, which fixes the prediction's offset; then for each target (speed first) the fastest candidate whose
-/// predicted PSNR meets target + [`MARGIN_DB`] is verified with `measure` (a cached generation on the
-/// calibration input returning its PSNR against the uncached one); a miss refits the prediction and moves to
-/// the next safer candidate. A target no candidate meets (the one skipping least is tried last) resolves to no
-/// cache. Returns the presets and the verifications run.
+/// predicted PSNR meets target + [`MARGIN_DB`] is verified with `measure(config, need)` (cached generations on
+/// the calibration input returning their worst PSNR against the uncached ones; it may stop at the first video
+/// below `need`, since the candidate misses whatever the others give); a miss refits the prediction and moves
+/// to the next safer candidate. A target no candidate meets (the one skipping least is tried last) resolves to
+/// no cache. Every stored preset reached `need` on every video. Returns the presets and the verifications run.
 pub fn resolve_presets<E>(
     cal: &Calibration,
-    mut measure: impl FnMut(&CacheConfig) -> Result<f64, E>,
+    mut measure: impl FnMut(&CacheConfig, f64) -> Result<f64, E>,
 ) -> Result<(BTreeMap<String, CalibratedPreset>, Vec<Verification>), E> {
     let cands = candidates(cal);
     let log_error = |i: usize| cands[i].error.max(1e-12).log10();
     let mut measured: BTreeMap<usize, f64> = BTreeMap::new();
     let mut log = Vec::new();
-    let mut verify = |i: usize, measured: &mut BTreeMap<usize, f64>, log: &mut Vec<Verification>| -> Result<f64, E> {
-        let p = measure(&cands[i].config)?;
+    let mut verify = |i: usize, need: f64, measured: &mut BTreeMap<usize, f64>, log: &mut Vec<Verification>| -> Result<f64, E> {
+        let p = measure(&cands[i].config, need)?;
         measured.insert(i, p);
-        log.push(Verification { label: cands[i].config.label(), skipped_steps: cands[i].skipped(), predicted_error: cands[i].error, psnr_db: p });
+        let c = &cands[i];
+        log.push(Verification { label: c.config.label(), skipped_steps: c.skipped(), predicted_error: c.error, need_db: need, psnr_db: p });
         Ok(p)
     };
     // PSNR ≈ K − 20·log10(error), K from the verified candidate nearest in log error.
@@ -186,7 +190,8 @@ pub fn resolve_presets<E>(
         p + 20.0 * (log_error(*j) - log_error(i))
     };
     if let Some(first) = cands.iter().position(|c| c.cost() >= 2.0 / 3.0).or(cands.len().checked_sub(1)) {
-        verify(first, &mut measured, &mut log)?;
+        // Judged against the loosest target first, so it may stop early only where every preset would miss.
+        verify(first, Preset::Speed.target_psnr_db() + MARGIN_DB, &mut measured, &mut log)?;
     }
     let mut presets = BTreeMap::new();
     let mut floor = 0; // candidates before it are too lossy for every remaining (stricter) target
@@ -197,7 +202,7 @@ pub fn resolve_presets<E>(
         for i in floor..cands.len() {
             let p = match measured.get(&i) {
                 Some(&p) => p,
-                None if log.len() < MAX_VERIFICATIONS && predict(&measured, i) >= need => verify(i, &mut measured, &mut log)?,
+                None if log.len() < MAX_VERIFICATIONS && predict(&measured, i) >= need => verify(i, need, &mut measured, &mut log)?,
                 None => continue,
             };
             if p >= need {
@@ -209,7 +214,7 @@ pub fn resolve_presets<E>(
         if let (None, Some(l)) = (chosen, cands.len().checked_sub(1).filter(|l| *l >= floor)) {
             let p = match measured.get(&l) {
                 Some(&p) => Some(p),
-                None if log.len() < MAX_VERIFICATIONS => Some(verify(l, &mut measured, &mut log)?),
+                None if log.len() < MAX_VERIFICATIONS => Some(verify(l, need, &mut measured, &mut log)?),
                 None => None,
             };
             chosen = p.filter(|p| *p >= need).map(|_| l);
@@ -246,7 +251,7 @@ mod tests {
             let c = cands.iter().find(|c| &c.config == config).expect("verifies candidates only");
             70.0 - 6.0 * c.skipped() as f64 * c.saved_per_skip
         };
-        let (presets, log) = resolve_presets(&cal, |c| Ok::<_, ()>(psnr_of(c))).unwrap();
+        let (presets, log) = resolve_presets(&cal, |c, _| Ok::<_, ()>(psnr_of(c))).unwrap();
         assert!(log.len() <= MAX_VERIFICATIONS && !log.is_empty());
         let mut last_cost = f64::INFINITY;
         for p in Preset::ALL {
@@ -265,8 +270,23 @@ mod tests {
             last_cost = cost;
         }
         // A model where every skip loses the video: no preset caches anything.
-        let (none, _) = resolve_presets(&cal, |_| Ok::<_, ()>(5.0)).unwrap();
+        let (none, _) = resolve_presets(&cal, |_, _| Ok::<_, ()>(5.0)).unwrap();
         assert!(none.values().all(|r| r.config == CacheConfig::None && r.calibration_psnr_db.is_none()));
+        // A measure that stops at its first video below `need` (here one 10 dB under it) and reports that video
+        // only: the presets still keep their targets on every video, and each needs more than the one before.
+        let (stopped, log) = resolve_presets(&cal, |c, need| {
+            let p = psnr_of(c);
+            Ok::<_, ()>(if p < need { need - 10.0 } else { p })
+        })
+        .unwrap();
+        assert!(log.windows(2).all(|w| w[0].need_db <= w[1].need_db), "{log:?}");
+        for p in Preset::ALL {
+            let r = &stopped[p.name()];
+            if r.config != CacheConfig::None {
+                assert!(psnr_of(&r.config) >= p.target_psnr_db() + MARGIN_DB, "{p:?}: {}", r.config.label());
+                assert_eq!(r.calibration_psnr_db, Some(psnr_of(&r.config)));
+            }
+        }
     }
 
     #[test]

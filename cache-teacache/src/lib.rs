@@ -50,7 +50,6 @@ pub struct TeaCache<B: Backend> {
     states: StateMap<(), TeaState<B>>,
     memory: MemoryLedger,
     stats: CacheStats,
-    measured: Vec<f64>,
 }
 
 /// `mean|a − b| / mean|b|` over every element, divided in float32 as the authors' torch expression does.
@@ -93,17 +92,12 @@ impl<B: Backend> TeaCache<B> {
     /// An engine with this configuration (validate it first with [`TeaCacheConfig::validate`]).
     pub fn new(config: TeaCacheConfig) -> Self {
         let memory = MemoryLedger::new(config.memory_budget_bytes);
-        Self { config, states: StateMap::default(), memory, stats: CacheStats::default(), measured: Vec::new() }
+        Self { config, states: StateMap::default(), memory, stats: CacheStats::default() }
     }
 
     /// The configuration.
     pub fn config(&self) -> &TeaCacheConfig {
         &self.config
-    }
-
-    /// The relative L1 change measured at each call that measured one, in call order since the last reset.
-    pub fn measured(&self) -> &[f64] {
-        &self.measured
     }
 }
 
@@ -112,7 +106,6 @@ impl<B: Backend> CacheStrategy<B> for TeaCache<B> {
         self.states.clear();
         self.memory.reset();
         self.stats = CacheStats::default();
-        self.measured.clear();
     }
 
     fn wants_step_signal(&self) -> bool {
@@ -127,7 +120,6 @@ impl<B: Backend> CacheStrategy<B> for TeaCache<B> {
         match &s.previous {
             Some(prev) if !forced && prev.dims() == signal.dims() => {
                 let rel = relative_l1(signal, prev);
-                self.measured.push(rel);
                 let fits = s.residual.as_ref().is_some_and(|r| r.hidden.dims()[0] == signal.dims()[0]);
                 s.skip = accumulate(&self.config, rel, fits, &mut s.acc);
             }

@@ -59,10 +59,10 @@ enum Command {
     Sample(SampleArgs),
     /// Searches the engines' parameters for the fastest configuration that meets a quality target.
     Tune(TuneArgs),
-    /// Calibrates a model for a step count: one uncached generation measures what every engine needs
-    /// (first-block and attention changes, MagCache's ratios, TeaCache's fitted polynomial), a few cached ones
-    /// resolve the presets to their quality targets; written as one calibration file (TOML) that `bench` and
-    /// `sample` take with `--calibration` and `Calibration::from_file` loads.
+    /// Calibrates a model for a step count: uncached generations of the calibration videos measure what every
+    /// engine needs (first-block and attention changes, MagCache's ratios, TeaCache's fitted polynomial), a few
+    /// cached ones resolve the presets to their quality targets; written as one calibration file (TOML) that
+    /// `bench` and `sample` take with `--calibration` and `Calibration::from_file` loads.
     Calibrate(CalibrateArgs),
     /// Writes a preset model with random weights as a diffusers model directory (config.json + safetensors).
     ExportModel {
@@ -199,13 +199,14 @@ fn calibrate(a: CalibrateArgs) -> Result<ExitCode, String> {
     let run = benches::calibrate::calibrate(&mut model, &opts, &device)?;
     std::fs::write(&a.out, run.calibration.to_toml()).map_err(|e| format!("{}: {e}", a.out.display()))?;
     for v in &run.verifications {
-        eprintln!("verified {} ({} steps skipped, predicted error {:.3}): {:.1} dB", v.label, v.skipped_steps, v.predicted_error, v.psnr_db);
+        let verdict = if v.psnr_db >= v.need_db { "kept" } else { "missed" };
+        eprintln!(
+            "verified {} ({} steps skipped, predicted error {:.3}): {:.1} dB, {verdict} {:.0} dB",
+            v.label, v.skipped_steps, v.predicted_error, v.psnr_db, v.need_db
+        );
     }
     print_calibration(&run.calibration);
-    eprintln!(
-        "wrote {} in {:.1} s: measuring pass {:.1} s ({} videos, uncached), {} verifying passes",
-        a.out.display(), run.seconds, run.uncached_seconds, opts.batch, run.verifications.len()
-    );
+    eprintln!("wrote {} in {}", a.out.display(), cost(&run));
     if let Some(path) = &a.magcache_out {
         let cfg = run.calibration.magcache(a.threshold, cache_engines::MagCacheConfig::default().max_skip_steps, opts.steps);
         cfg.validate().map_err(|e| e.to_string())?;
@@ -214,6 +215,14 @@ fn calibrate(a: CalibrateArgs) -> Result<ExitCode, String> {
         eprintln!("wrote {} (MagCache ratios of {} over {} steps)", path.display(), a.run.model, opts.steps);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a calibration cost, in seconds and in uncached videos.
+fn cost(run: &benches::calibrate::CalibrationRun) -> String {
+    format!(
+        "{:.1} s (the time of {:.0} uncached videos): measuring pass {:.1} s ({} videos, uncached), {} verifying passes ({} videos)",
+        run.seconds, run.in_videos(), run.uncached_seconds, run.videos, run.verifications.len(), run.verifying_videos
+    )
 }
 
 /// The presets of a calibration, one line each.
@@ -252,7 +261,7 @@ fn calibration_options(run: &RunArgs, model: &VideoModel<Backend>, opts: &BenchO
 #[derive(clap::Args)]
 struct CalibrationArgs {
     /// The model's calibration file: read when it exists (refused when made for another model or step count),
-    /// otherwise made there (~3 generations). Default: the user's cache directory
+    /// otherwise made there (a measuring pass over the calibration videos plus a few verifying ones). Default: the user's cache directory
     /// (`$XDG_CACHE_HOME/ditcache` or `~/.cache/ditcache`), a file per model, weights and schedule.
     #[arg(long)]
     calibration: Option<PathBuf>,
@@ -273,15 +282,17 @@ impl CalibrationArgs {
             run.latent_size.map(|[f, h, w]| format!("{f}x{h}x{w}")).unwrap_or_else(|| "native".into()),
         );
         let path = self.calibration.clone().unwrap_or_else(|| benches::calibrate::default_calibration_path(&key));
-        // Calibrated on the default calibration prompts whatever this run's prompts are.
-        let base = RunArgs { prompt: vec![benches::shapes::DEFAULT_PROMPT.to_string()], batch: 1, ..run.clone() };
-        let cal_opts = calibration_options(&base, model, opts)?;
+        // Calibrated on the default calibration prompts whatever this run's prompts are (their embeddings are
+        // only built when there is no calibration yet).
+        let cal_opts = if path.exists() {
+            opts.clone()
+        } else {
+            let base = RunArgs { prompt: vec![benches::shapes::DEFAULT_PROMPT.to_string()], batch: 1, ..run.clone() };
+            calibration_options(&base, model, opts)?
+        };
         let (cal, made) = benches::calibrate::load_or_calibrate(&path, model, &cal_opts, &backend::device())?;
         match made {
-            Some(r) => eprintln!(
-                "calibrated {} in {:.1} s (measuring pass {:.1} s for {} videos, {} verifying passes), wrote {}",
-                run.model, r.seconds, r.uncached_seconds, cal_opts.batch, r.verifications.len(), path.display()
-            ),
+            Some(r) => eprintln!("calibrated {} in {}, wrote {}", run.model, cost(&r), path.display()),
             None => eprintln!("calibration: {}", path.display()),
         }
         Ok(cal)
