@@ -1,6 +1,6 @@
-//! `ditcache calibrate`: uncached generations that measure plus a few cached ones that verify, written as a calibration file
-//! ([`cache_engines::Calibration`]); `bench` and `sample` make one on first use and keep it outside the
-//! source tree.
+//! `ditcache calibrate`: uncached generations that measure plus a few cached ones that verify, written as a
+//! calibration file ([`cache_engines::Calibration`]); `bench` and `sample` make one on first use and keep it
+//! outside the source tree.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -15,8 +15,8 @@ use crate::video_model::{BenchModel, VideoModel};
 /// direction four times, and none of [`HELD_OUT_PROMPTS`]. Several, because on this model one skipped step
 /// costs 20 dB on one prompt and nothing on another (a single skipped step ranges from 20 to 76 dB over four
 /// prompts): a preset is verified on the worst of them, with [`cache_engines::MARGIN_DB`] to spare. Calibrated
-/// on these 16, the presets met their targets on all 48 other prompts; on two choices of 3 prompts
-/// they missed a target on 6 and 4 of the 61 others, on 4 or 8 prompts on some held-out prompts.
+/// on these 16, the presets met their targets on all 48 other prompts; calibrated on 3 (two choices), they
+/// missed a target on 6 and on 4 of the 61 others, and on 4 or 8 on some held-out prompts.
 pub const CALIBRATION_PROMPTS: [&str; 16] = [
     "shape=square,size=small,colour=red,direction=right",
     "shape=square,size=small,colour=green,direction=left",
@@ -183,26 +183,24 @@ pub fn measure<B: ModelBackend>(
 
 /// The worst PSNR over the generations `order` lists, run in that order, stopping after the first one below
 /// `need` (the candidate misses whatever the others give). `last[g]` keeps each generation's latest PSNR and
-/// `order` is re-sorted by it, so the next verification starts with the generation that came closest to missing.
-/// Returns the worst PSNR and how many generations ran.
+/// `order` is re-sorted by it, so the next verification starts with the generation that came closest to
+/// missing.
 pub fn worst_first(
     order: &mut [usize],
     last: &mut [f64],
     need: f64,
     mut run: impl FnMut(usize) -> Result<f64, String>,
-) -> Result<(f64, usize), String> {
+) -> Result<f64, String> {
     let mut worst = f64::INFINITY;
-    let mut ran = 0;
     for &g in order.iter() {
         last[g] = run(g)?;
-        ran += 1;
         worst = worst.min(last[g]);
         if worst < need {
             break;
         }
     }
     order.sort_by(|a, b| last[*a].total_cmp(&last[*b]));
-    Ok((worst, ran))
+    Ok(worst)
 }
 
 /// Calibrates `model` for `opts`'s schedule: [`measure`], then [`resolve_presets`] with cached generations
@@ -219,7 +217,7 @@ pub fn calibrate<B: ModelBackend>(
     let mut last = vec![f64::INFINITY; inputs.len()];
     let mut verifying_videos = 0;
     let (presets, verifications) = resolve_presets(&calibration, |config, need| {
-        let (worst, _) = worst_first(&mut order, &mut last, need, |g| {
+        let worst = worst_first(&mut order, &mut last, need, |g| {
             let c = &inputs[g];
             let (data, ..) = generate(model, &c.input, Some(config))?;
             verifying_videos += c.input.videos();
@@ -243,7 +241,12 @@ mod tests {
         let mut order = vec![0, 1, 2, 3];
         let mut last = vec![f64::INFINITY; 4];
         // A hit needs every generation: worst 20 ≥ 18, all four ran.
-        assert_eq!(worst_first(&mut order, &mut last, 18.0, |g| Ok(psnr[g])).unwrap(), (20.0, 4));
+        let mut runs = Vec::new();
+        let r = worst_first(&mut order, &mut last, 18.0, |g| {
+            runs.push(g);
+            Ok(psnr[g])
+        });
+        assert_eq!((r.unwrap(), runs), (20.0, vec![0, 1, 2, 3]));
         assert_eq!(order, [2, 1, 3, 0]);
         // A miss stops at the first generation below `need`, which is now the first one run.
         let mut runs = Vec::new();
@@ -251,14 +254,18 @@ mod tests {
             runs.push(g);
             Ok(psnr[g] - 1.0)
         });
-        assert_eq!(r.unwrap(), (19.0, 1));
-        assert_eq!(runs, [2]);
+        assert_eq!((r.unwrap(), runs), (19.0, vec![2]));
         // Generations not run keep their earlier PSNR for the ordering.
         assert_eq!(last, [40.0, 31.0, 19.0, 35.0]);
         assert_eq!(order, [2, 1, 3, 0]);
         // A miss late in the order still stops there.
         let mut order = vec![0, 3, 1, 2];
-        assert_eq!(worst_first(&mut order, &mut last, 32.0, |g| Ok(psnr[g])).unwrap(), (31.0, 3));
+        let mut runs = Vec::new();
+        let r = worst_first(&mut order, &mut last, 32.0, |g| {
+            runs.push(g);
+            Ok(psnr[g])
+        });
+        assert_eq!((r.unwrap(), runs), (31.0, vec![0, 3, 1]));
     }
 }
 

@@ -280,6 +280,7 @@ mod tests {
         })
         .unwrap();
         assert!(log.windows(2).all(|w| w[0].need_db <= w[1].need_db), "{log:?}");
+        assert!(stopped.values().any(|r| r.config != CacheConfig::None), "{stopped:?}");
         for p in Preset::ALL {
             let r = &stopped[p.name()];
             if r.config != CacheConfig::None {

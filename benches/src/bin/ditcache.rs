@@ -261,8 +261,9 @@ fn calibration_options(run: &RunArgs, model: &VideoModel<Backend>, opts: &BenchO
 #[derive(clap::Args)]
 struct CalibrationArgs {
     /// The model's calibration file: read when it exists (refused when made for another model or step count),
-    /// otherwise made there (a measuring pass over the calibration videos plus a few verifying ones). Default: the user's cache directory
-    /// (`$XDG_CACHE_HOME/ditcache` or `~/.cache/ditcache`), a file per model, weights and schedule.
+    /// otherwise made there (a measuring pass over the calibration videos plus a few verifying ones). Default:
+    /// the user's cache directory (`$XDG_CACHE_HOME/ditcache` or `~/.cache/ditcache`), a file per model, weights
+    /// and schedule.
     #[arg(long)]
     calibration: Option<PathBuf>,
     /// Use the fixed, uncalibrated presets (no quality level; a warning says so).
