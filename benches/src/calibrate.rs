@@ -269,8 +269,8 @@ mod tests {
     }
 }
 
-/// Loads the calibration at `path` when it exists (refusing, typed, one made for another model or step
-/// count), otherwise calibrates and writes it there. Returns it and whether it was made now.
+/// Loads the calibration at `path` when it exists (refusing, typed, one made for another model, step count or
+/// guidance scale), otherwise calibrates and writes it there. Returns it and whether it was made now.
 pub fn load_or_calibrate<B: ModelBackend>(
     path: &Path,
     model: &mut VideoModel<B>,
@@ -279,7 +279,7 @@ pub fn load_or_calibrate<B: ModelBackend>(
 ) -> Result<(Calibration, Option<CalibrationRun>), String> {
     if path.exists() {
         let cal = Calibration::from_file(path).map_err(|e| e.to_string())?;
-        cal.check(model.class_name(), &model.host_info(), opts.steps).map_err(|e| format!("{}: {e}", path.display()))?;
+        cal.check(model.class_name(), &model.host_info(), opts.steps, opts.guidance).map_err(|e| format!("{}: {e}", path.display()))?;
         return Ok((cal, None));
     }
     let run = calibrate(model, opts, device)?;

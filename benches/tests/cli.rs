@@ -250,3 +250,19 @@ fn batch_runs_several_prompts_in_one_loop_and_reports_time_per_video() {
     let height = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
     assert_eq!(height, 4 * 4 + 5 * 2);
 }
+
+#[test]
+fn parity_holds_cases_to_a_tighter_bound_when_asked() {
+    // fbc_1 passes its own 1e-3 at ~4e-7 on the float32 backends; a bound far below what any backend reaches
+    // fails it and the line says which bound applied.
+    let case = benches::parity::committed_cases_dir().join("fbc_1");
+    let tight = ditcache().arg("parity").arg("--max-rel-l2").arg("1e-12").arg(&case).output().unwrap();
+    assert!(!tight.status.success());
+    let line: serde_json::Value = serde_json::from_slice(&tight.stdout).unwrap();
+    assert_eq!((line["pass"].as_bool(), line["max_rel_l2"].as_f64()), (Some(false), Some(1e-12)), "{line}");
+    let loose = ditcache().arg("parity").arg("--max-rel-l2").arg("1e-1").arg(&case).output().unwrap();
+    assert!(loose.status.success(), "{}", String::from_utf8_lossy(&loose.stdout));
+    let bad = ditcache().arg("parity").arg("--max-rel-l2").arg("NaN").arg(&case).output().unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--max-rel-l2"));
+}

@@ -11,7 +11,9 @@ use cache_engines::{
     build, CacheConfig, FasterCacheConfig, FirstBlockCache, FirstBlockCacheConfig, MagCache, MagCacheConfig,
     PyramidAttentionBroadcastConfig, TaylorSeer, TaylorSeerCacheConfig,
 };
-use models::{CogVideoXDDIMScheduler, CogVideoXTransformer3DModel, DenoiseOptions, ForwardInput, HostTensor};
+use models::{
+    CogVideoXDDIMScheduler, CogVideoXScheduler, CogVideoXTransformer3DModel, DenoiseOptions, ForwardInput, HostTensor,
+};
 
 fn case(name: &str) -> DenoiseCase<B> {
     load_denoise_case::<B>(&committed_cases_dir().join(name), &device()).unwrap()
@@ -30,11 +32,11 @@ fn cog_model(m: &VideoModel<B>) -> &CogVideoXTransformer3DModel<B> {
     }
 }
 
-/// The transformer and scheduler of a CogVideoX case.
+/// The transformer and DDIM scheduler of a CogVideoX case.
 fn cog(m: &mut VideoModel<B>) -> (&CogVideoXTransformer3DModel<B>, &mut CogVideoXDDIMScheduler) {
     match m {
-        VideoModel::CogVideoX { model, scheduler } => (model, scheduler),
-        VideoModel::Latte(_) => panic!("these tests run on CogVideoX cases"),
+        VideoModel::CogVideoX { model, scheduler: CogVideoXScheduler::Ddim(scheduler) } => (model, scheduler),
+        _ => panic!("these tests run on CogVideoX cases with CogVideoXDDIMScheduler"),
     }
 }
 

@@ -1,18 +1,22 @@
 //! Every committed parity case passes against diffusers' numbers; a case whose reference is off fails.
 
-use std::path::Path;
+mod common;
 
-use benches::backend::{device, Backend, TOLERANCE_FLOOR};
-use benches::parity::{committed_cases_dir, expand_case_dirs, run_case};
+
+use benches::backend::{device, Backend, MEASURED_PRECISION, TOLERANCE_FLOOR};
+use benches::parity::{committed_cases_dir, expand_case_dirs, run_case, run_case_within};
 use models::weights::{read_safetensors, save_safetensors};
 
+/// The committed cases (`tests/cases`): a case that disappears, or one added without being counted here, fails.
+const COMMITTED_CASES: usize = 47;
+
 #[test]
-fn every_committed_case_passes() {
+fn every_committed_case_passes_at_the_backends_measured_precision() {
     let cases = expand_case_dirs(&[committed_cases_dir()]);
-    assert!(cases.len() >= 40, "expected the committed cases, found {cases:?}");
+    assert_eq!(cases.len(), COMMITTED_CASES, "the committed cases: {cases:?}");
     let mut failures = Vec::new();
     for dir in &cases {
-        let report = run_case::<Backend>(dir, &device());
+        let report = run_case_within::<Backend>(dir, &device(), MEASURED_PRECISION);
         println!("{}", serde_json::to_string(&report).unwrap());
         if !report.pass {
             failures.push(report);
@@ -21,24 +25,11 @@ fn every_committed_case_passes() {
     assert!(failures.is_empty(), "failing cases: {failures:?}");
 }
 
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        let to = dst.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), to).unwrap();
-        }
-    }
-}
-
 #[test]
 fn a_perturbed_reference_fails_and_a_broken_case_reports_why() {
     let tmp = tempfile::tempdir().unwrap();
     let case = tmp.path().join("forward_sincos");
-    copy_dir(&committed_cases_dir().join("forward_sincos"), &case);
+    common::copy_dir(&committed_cases_dir().join("forward_sincos"), &case);
     let path = case.join("case.safetensors");
     let mut t = read_safetensors(&path).unwrap();
     // Relative noise on the expected sample of ten times the tolerance (1e-5, or the backend's precision floor

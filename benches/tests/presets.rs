@@ -32,7 +32,7 @@ fn check_presets(model: &mut VideoModel<B>, cal: &BenchOptions, held_out: &[Benc
         let per = plain.len() / opts.batch;
         let mut last_speed = 1.0;
         for (p, worst, reused) in seen.iter_mut() {
-            let preset = run.calibration.preset(*p, model.class_name(), &host, STEPS).unwrap();
+            let preset = run.calibration.preset(*p, model.class_name(), &host, STEPS, 6.0).unwrap();
             assert!(preset.is_calibrated());
             let (data, stats, ..) = generate(model, &input, Some(preset.config())).unwrap();
             for (v, (a, b)) in data.chunks(per).zip(plain.chunks(per)).enumerate() {

@@ -6,18 +6,14 @@ use benches::parity::rel_l2;
 use benches::shapes::{shapes_dir, Prompts, DEFAULT_PROMPT};
 use cache_core::Identity;
 use models::weights::read_safetensors;
-use models::{
-    denoise, CogVideoXDDIMScheduler, CogVideoXDDIMSchedulerConfig, CogVideoXTransformer3DModel, DenoiseInput,
-    DenoiseOptions, HostTensor,
-};
+use models::{denoise, CogVideoXScheduler, CogVideoXTransformer3DModel, DenoiseInput, DenoiseOptions, HostTensor};
 
 #[test]
 fn trained_model_matches_diffusers_generation() {
     let dir = shapes_dir();
     let dev = device();
     let model = CogVideoXTransformer3DModel::<B>::from_pretrained(&dir.join("transformer"), &dev).unwrap();
-    let cfg = CogVideoXDDIMSchedulerConfig::from_json_file(&dir.join("scheduler/scheduler_config.json")).unwrap();
-    let mut scheduler = CogVideoXDDIMScheduler::new(cfg).unwrap();
+    let mut scheduler = CogVideoXScheduler::from_json_file(&dir.join("scheduler/scheduler_config.json")).unwrap();
     let expected = read_safetensors(&dir.join("expected_denoise.safetensors")).unwrap();
     // The prompt as the Rust side builds it equals the one diffusers was given.
     let prompts = Prompts::load(&dir, model.config.max_text_seq_length).unwrap();

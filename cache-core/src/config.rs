@@ -39,6 +39,14 @@ pub enum ConfigError {
     /// `tensor_format` other than BCFHW, BFCHW, BCHW.
     #[error("unknown tensor_format {0:?} (expected BCFHW, BFCHW or BCHW)")]
     UnknownTensorFormat(String),
+    /// A `tensor_format` other than the layout the model produces.
+    #[error("tensor_format {config:?} is not the layout this model produces ({host:?}): set `tensor_format` to {host:?}")]
+    TensorFormatMismatch {
+        /// The configuration's layout.
+        config: String,
+        /// The model's output layout ([`HostInfo::tensor_format`]).
+        host: String,
+    },
     /// A block identifier that is not a valid regular expression.
     #[error("invalid block identifier {pattern:?}: {reason}")]
     BadIdentifier {
@@ -71,6 +79,20 @@ pub enum ConfigError {
         /// The value of the model or generation it was used with.
         found: String,
     },
+    /// A configuration made for another step count than the generation's.
+    #[error("{engine} `{field}` is {configured} but the generation has {generation} steps ({why})")]
+    StepMismatch {
+        /// The engine (`TeaCache`, `MagCache`).
+        engine: &'static str,
+        /// The configuration's field.
+        field: &'static str,
+        /// Its value.
+        configured: usize,
+        /// The generation's `num_inference_steps`.
+        generation: usize,
+        /// What would go wrong.
+        why: &'static str,
+    },
     /// The file could not be read or parsed.
     #[error("cannot read cache config {path}: {reason}")]
     Parse {
@@ -97,8 +119,7 @@ pub struct HostInfo {
     /// Blocks in the stack that First Block Cache splits into head and tail.
     pub num_blocks: usize,
     /// The layout of the model's output, as FasterCache's `tensor_format` names it (`BFCHW` for CogVideoX,
-    /// `BCFHW` for Latte); presets use it. The engines' results do not depend on it for 5-D outputs (the
-    /// frequency split acts on each `[H, W]` plane), so a config stating another 5-D layout is accepted.
+    /// `BCFHW` for Latte); presets use it, and a FasterCache config stating another layout is refused.
     pub tensor_format: String,
     /// Hookable modules other than attention (each block's feed-forward), in call order within a step.
     pub modules: Vec<ModuleSite>,

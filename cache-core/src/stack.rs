@@ -2,6 +2,7 @@
 
 use burn::tensor::{backend::Backend, Tensor};
 
+use crate::config::ConfigError;
 use crate::context::{AttentionSite, CallContext, ModuleSite};
 use crate::stats::CacheStats;
 use crate::strategy::{AttentionPlan, BatchPlan, CacheStrategy, JointStates, TailPlan};
@@ -39,6 +40,10 @@ impl<B: Backend> Stack<B> {
 impl<B: Backend> CacheStrategy<B> for Stack<B> {
     fn reset(&mut self) {
         self.members.iter_mut().for_each(|m| m.reset());
+    }
+
+    fn check_steps(&self, num_inference_steps: usize) -> Result<(), ConfigError> {
+        self.members.iter().try_for_each(|m| m.check_steps(num_inference_steps))
     }
 
     fn begin_forward(&mut self, ctx: &CallContext) -> BatchPlan {

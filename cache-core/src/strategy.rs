@@ -2,6 +2,7 @@
 
 use burn::tensor::{backend::Backend, Tensor};
 
+use crate::config::ConfigError;
 use crate::context::{AttentionSite, CallContext, ModuleSite};
 use crate::stats::CacheStats;
 
@@ -84,6 +85,14 @@ pub enum AttentionPlan<B: Backend> {
 pub trait CacheStrategy<B: Backend> {
     /// Forgets all state: call before each generation.
     fn reset(&mut self) {}
+
+    /// Refuses a generation of `num_inference_steps` steps that the strategy's configuration was not made
+    /// for (TeaCache's `num_steps`, MagCache's `num_inference_steps`): a pipeline calls it after
+    /// [`CacheStrategy::reset`], before the first step, so a mismatch is an error instead of a run whose
+    /// counters wrap or whose schedule ends at the wrong step.
+    fn check_steps(&self, _num_inference_steps: usize) -> Result<(), ConfigError> {
+        Ok(())
+    }
 
     /// Start of a denoiser call. `ctx.branch` and `ctx.batch_size` describe the batch the caller passed.
     fn begin_forward(&mut self, _ctx: &CallContext) -> BatchPlan {
@@ -178,6 +187,9 @@ macro_rules! forward_strategy {
         impl<B: Backend, S: CacheStrategy<B> + ?Sized> CacheStrategy<B> for $ptr {
             fn reset(&mut self) {
                 (**self).reset()
+            }
+            fn check_steps(&self, n: usize) -> Result<(), ConfigError> {
+                (**self).check_steps(n)
             }
             fn begin_forward(&mut self, ctx: &CallContext) -> BatchPlan {
                 (**self).begin_forward(ctx)

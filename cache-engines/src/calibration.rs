@@ -73,7 +73,9 @@ pub struct Calibration {
     pub model: ModelId,
     /// The generation's step count.
     pub num_inference_steps: usize,
-    /// Guidance scale of the calibration run (informational).
+    /// Guidance scale of the calibration run: the measured changes and the presets' verified quality hold at
+    /// this guidance only (the unconditional branch FasterCache rebuilds, and the scale that amplifies every
+    /// error, depend on it), so a generation at another scale is refused.
     pub guidance_scale: f64,
     /// First-block residual change per step from the second on (what First Block Cache thresholds).
     pub first_block_changes: Vec<f64>,
@@ -141,8 +143,9 @@ impl Calibration {
         cache_core::to_toml(self).expect("a calibration is plain data")
     }
 
-    /// Refuses a model or a step count the calibration was not made for (typed, naming the mismatch).
-    pub fn check(&self, class: &str, host: &HostInfo, num_inference_steps: usize) -> Result<(), ConfigError> {
+    /// Refuses a model, a step count or a guidance scale the calibration was not made for (typed, naming the
+    /// mismatch).
+    pub fn check(&self, class: &str, host: &HostInfo, num_inference_steps: usize, guidance_scale: f64) -> Result<(), ConfigError> {
         let found = ModelId::new(class, host);
         let m = &self.model;
         let mismatch = |what, calibrated: String, found: String| Err(ConfigError::Mismatch { what, calibrated, found });
@@ -155,6 +158,18 @@ impl Calibration {
         if m.attention_sites != found.attention_sites {
             return mismatch("attention sites", m.attention_sites.join(","), found.attention_sites.join(","));
         }
+        if m.step_signal != found.step_signal {
+            let name = |s: &Option<String>| s.clone().unwrap_or_else(|| "none".into());
+            return mismatch("step signal", name(&m.step_signal), format!("{} (TeaCache's polynomial is fitted to it)", name(&found.step_signal)));
+        }
+        // Exact: the scale is a user's number, written back as it was read.
+        if self.guidance_scale != guidance_scale {
+            return mismatch(
+                "guidance_scale",
+                self.guidance_scale.to_string(),
+                format!("{guidance_scale} (the presets' quality was verified at the calibrated scale; calibrate at this one)"),
+            );
+        }
         if self.num_inference_steps != num_inference_steps {
             return mismatch(
                 "num_inference_steps",
@@ -165,9 +180,16 @@ impl Calibration {
         Ok(())
     }
 
-    /// The preset resolved for this model and step count (after [`Calibration::check`]).
-    pub fn preset(&self, preset: Preset, class: &str, host: &HostInfo, num_inference_steps: usize) -> Result<PresetConfig, ConfigError> {
-        self.check(class, host, num_inference_steps)?;
+    /// The preset resolved for this model, step count and guidance scale (after [`Calibration::check`]).
+    pub fn preset(
+        &self,
+        preset: Preset,
+        class: &str,
+        host: &HostInfo,
+        num_inference_steps: usize,
+        guidance_scale: f64,
+    ) -> Result<PresetConfig, ConfigError> {
+        self.check(class, host, num_inference_steps, guidance_scale)?;
         let resolved = self.presets.get(preset.name()).cloned().ok_or_else(|| ConfigError::Missing {
             field: "presets",
             hint: format!("the calibration has no `{}` preset; run `ditcache calibrate` again", preset.name()),
@@ -221,7 +243,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_calibration_is_refused_for_another_model_or_step_count() {
+    fn a_calibration_is_refused_for_another_model_step_count_signal_or_guidance() {
         let cal = calibration(20);
         let host = HostInfo {
             sites: vec![],
@@ -231,15 +253,22 @@ pub(crate) mod tests {
             module_names: vec![],
             step_signal: None,
         };
-        let e = cal.check("LatteTransformer3DModel", &host, 20).unwrap_err();
+        let e = cal.check("LatteTransformer3DModel", &host, 20, 6.0).unwrap_err();
         assert!(matches!(&e, ConfigError::Mismatch { what: "model class", found, .. } if found == "LatteTransformer3DModel"), "{e}");
-        let e = cal.check("CogVideoXTransformer3DModel", &HostInfo { num_blocks: 2, ..host.clone() }, 20).unwrap_err();
+        let e = cal.check("CogVideoXTransformer3DModel", &HostInfo { num_blocks: 2, ..host.clone() }, 20, 6.0).unwrap_err();
         assert!(matches!(e, ConfigError::Mismatch { what: "block count", .. }));
         let no_sites = Calibration { model: ModelId { attention_sites: vec![], ..cal.model.clone() }, ..cal.clone() };
-        let e = no_sites.preset(Preset::Speed, "CogVideoXTransformer3DModel", &host, 30).unwrap_err();
+        let e = no_sites.preset(Preset::Speed, "CogVideoXTransformer3DModel", &host, 30, 6.0).unwrap_err();
         assert!(matches!(&e, ConfigError::Mismatch { what: "num_inference_steps", calibrated, .. } if calibrated == "20"), "{e}");
         // Sites differ (the calibration names one, this host none).
-        assert!(matches!(cal.check("CogVideoXTransformer3DModel", &host, 20), Err(ConfigError::Mismatch { what: "attention sites", .. })));
+        assert!(matches!(cal.check("CogVideoXTransformer3DModel", &host, 20, 6.0), Err(ConfigError::Mismatch { what: "attention sites", .. })));
+        // A step signal it was not fitted on, and another guidance scale: refused, naming both values.
+        let signal = HostInfo { step_signal: Some("emb".into()), ..host.clone() };
+        let e = no_sites.check("CogVideoXTransformer3DModel", &signal, 20, 6.0).unwrap_err();
+        assert!(matches!(&e, ConfigError::Mismatch { what: "step signal", calibrated, found } if calibrated == "none" && found.starts_with("emb")), "{e}");
+        let e = no_sites.preset(Preset::Quality, "CogVideoXTransformer3DModel", &host, 20, 4.5).unwrap_err();
+        assert!(matches!(&e, ConfigError::Mismatch { what: "guidance_scale", calibrated, found } if calibrated == "6" && found.starts_with("4.5")), "{e}");
+        no_sites.check("CogVideoXTransformer3DModel", &host, 20, 6.0).unwrap();
         // MagCache's ratios interpolate to any step count.
         let CacheConfig::MagCache(m) = cal.magcache(0.1, 3, 30) else { panic!() };
         assert_eq!(m.step_ratios().len(), 30);

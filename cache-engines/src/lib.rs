@@ -144,11 +144,13 @@ impl CacheConfig {
         }
     }
 
-    /// Refuses a configuration made for another step count where the engine has no rule for it (TeaCache's
-    /// `num_steps`; MagCache interpolates its ratios, so it is accepted).
+    /// Refuses a configuration made for another step count (TeaCache's `num_steps`, MagCache's
+    /// `num_inference_steps`), before anything is built; the engines refuse the same at the start of a
+    /// generation ([`CacheStrategy::check_steps`]).
     pub fn check_steps(&self, num_inference_steps: usize) -> Result<(), ConfigError> {
         match self {
             CacheConfig::TeaCache(c) => c.check_steps(num_inference_steps),
+            CacheConfig::MagCache(c) => c.check_steps(num_inference_steps),
             CacheConfig::Stack { strategies } => strategies.iter().try_for_each(|s| s.check_steps(num_inference_steps)),
             _ => Ok(()),
         }

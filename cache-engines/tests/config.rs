@@ -155,7 +155,10 @@ fn teacache_uses_the_authors_names_and_is_refused_where_it_cannot_run() {
     assert_eq!((t.rel_l1_thresh, t.num_steps, c.label()), (0.2, 12, "teacache(0.2)".to_string()));
     c.check_host(&cogvideox_host()).unwrap();
     // The generation must have num_steps steps.
-    assert!(c.check_steps(12).is_ok() && c.check_steps(20).is_err());
+    assert!(c.check_steps(12).is_ok());
+    let e = c.check_steps(20).unwrap_err();
+    assert!(matches!(e, ConfigError::StepMismatch { engine: "TeaCache", configured: 12, generation: 20, .. }), "{e}");
+    assert!(e.to_string().contains("12") && e.to_string().contains("20"), "{e}");
     // A model that hands over no step signal cannot run it.
     let dit = HostInfo { step_signal: None, ..cogvideox_host() };
     assert!(matches!(c.check_host(&dit), Err(ConfigError::NotHostable(m)) if m.contains("emb")));
@@ -169,4 +172,35 @@ fn teacache_uses_the_authors_names_and_is_refused_where_it_cannot_run() {
     let p = cache_engines::TeaCacheConfig::published("CogVideoX-5b", 0.2, 50).unwrap();
     assert_eq!(p.coefficients[0], -1.53880483e+03);
     CacheConfig::TeaCache(p).check_host(&cogvideox_host()).unwrap();
+}
+
+#[test]
+fn magcache_for_another_step_count_is_refused() {
+    // A config made for 10 steps (its ratios, retention steps and reset follow 10), run for 20.
+    let c: CacheConfig = serde_json::from_str(
+        r#"{"type": "mag_cache", "num_inference_steps": 10, "mag_ratios": [1.0, 0.99, 0.98, 0.97, 0.96, 0.95, 0.94, 0.93, 0.92, 0.91]}"#,
+    )
+    .unwrap();
+    c.check_host(&cogvideox_host()).unwrap();
+    c.check_steps(10).unwrap();
+    let e = c.check_steps(20).unwrap_err();
+    assert!(matches!(e, ConfigError::StepMismatch { engine: "MagCache", field: "num_inference_steps", configured: 10, generation: 20, .. }), "{e}");
+    // Inside a stack too.
+    let stack = CacheConfig::Stack { strategies: vec![c, CacheConfig::PyramidAttentionBroadcast(Default::default())] };
+    assert!(matches!(stack.check_steps(20), Err(ConfigError::StepMismatch { engine: "MagCache", .. })));
+}
+
+#[test]
+fn faster_cache_refuses_a_layout_the_model_does_not_produce() {
+    // diffusers' default BCFHW on CogVideoX (BFCHW), and an image layout on a video model.
+    for format in ["BCFHW", "BCHW"] {
+        let fc = CacheConfig::FasterCache(FasterCacheConfig { tensor_format: format.into(), ..FasterCacheConfig::cogvideox() });
+        fc.validate().unwrap();
+        let e = fc.check_host(&cogvideox_host()).unwrap_err();
+        assert_eq!(e, ConfigError::TensorFormatMismatch { config: format.into(), host: "BFCHW".into() });
+        assert!(e.to_string().contains(format) && e.to_string().contains("BFCHW"), "{e}");
+    }
+    CacheConfig::FasterCache(FasterCacheConfig::cogvideox()).check_host(&cogvideox_host()).unwrap();
+    let latte = HostInfo { tensor_format: "BCFHW".into(), ..cogvideox_host() };
+    CacheConfig::FasterCache(FasterCacheConfig::for_host(&latte)).check_host(&latte).unwrap();
 }

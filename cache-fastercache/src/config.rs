@@ -180,9 +180,18 @@ impl FasterCacheConfig {
         self.classes(&[]).map(|_| ())
     }
 
-    /// [`FasterCacheConfig::validate`], then that every range set has a site of `host` to act on.
+    /// [`FasterCacheConfig::validate`], then that `tensor_format` is the layout `host` produces and that every
+    /// range set has a site of `host` to act on.
     pub fn check_host(&self, host: &HostInfo) -> Result<(), ConfigError> {
         self.validate()?;
+        // The engine takes the host's output as it comes; a config that states another layout describes
+        // another model (a 4-D BCHW one, or frames and channels swapped), so it is refused, not reinterpreted.
+        if TensorFormat::parse(&self.tensor_format)? != TensorFormat::parse(&host.tensor_format)? {
+            return Err(ConfigError::TensorFormatMismatch {
+                config: self.tensor_format.clone(),
+                host: host.tensor_format.clone(),
+            });
+        }
         let classes = self.classes(&host.sites)?;
         require_class(&classes, SiteClass::Spatial, self.spatial_attention_block_skip_range, "spatial_attention_block_skip_range")?;
         require_class(&classes, SiteClass::Temporal, self.temporal_attention_block_skip_range, "temporal_attention_block_skip_range")

@@ -75,10 +75,10 @@ pub struct FasterCache<B: Backend> {
 }
 
 impl<B: Backend> FasterCache<B> {
-    /// An engine with this configuration; identifiers and `tensor_format` are checked.
+    /// An engine with this configuration, validated ([`FasterCacheConfig::validate`]: a skip range of 0 would
+    /// divide by zero at the first call).
     pub fn new(config: FasterCacheConfig) -> Result<Self, ConfigError> {
-        TensorFormat::parse(&config.tensor_format)?;
-        config.classes(&[])?;
+        config.validate()?;
         let memory = MemoryLedger::new(config.memory_budget_bytes);
         Ok(Self {
             config,
@@ -306,5 +306,25 @@ impl<B: Backend> CacheStrategy<B> for FasterCache<B> {
 
     fn peak_bytes(&self) -> usize {
         self.memory.peak()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type B = burn_ndarray::NdArray<f32>;
+
+    /// The public constructor validates every value: a period of 0 (used as `iteration % 0`) is refused,
+    /// typed, instead of dividing by zero at the first call.
+    #[test]
+    fn a_zero_skip_range_is_refused_by_the_constructor() {
+        let zero_uncond = FasterCacheConfig { unconditional_batch_skip_range: 0, ..FasterCacheConfig::cogvideox() };
+        let e = FasterCache::<B>::new(zero_uncond).err().expect("refused");
+        assert_eq!(e, ConfigError::ZeroSkipRange { field: "unconditional_batch_skip_range" });
+        let zero_spatial = FasterCacheConfig { spatial_attention_block_skip_range: Some(0), ..FasterCacheConfig::cogvideox() };
+        let e = FasterCache::<B>::new(zero_spatial).err().expect("refused");
+        assert_eq!(e, ConfigError::ZeroSkipRange { field: "spatial_attention_block_skip_range" });
+        FasterCache::<B>::new(FasterCacheConfig::cogvideox()).unwrap();
     }
 }

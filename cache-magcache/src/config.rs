@@ -111,6 +111,21 @@ impl MagCacheConfig {
         }
     }
 
+    /// Refuses a generation of another step count than `num_inference_steps`: the ratios, the retention steps
+    /// and the self-reset all follow the configuration's count (diffusers runs such a mismatch silently).
+    pub fn check_steps(&self, num_inference_steps: usize) -> Result<(), ConfigError> {
+        if self.num_inference_steps != num_inference_steps {
+            return Err(ConfigError::StepMismatch {
+                engine: "MagCache",
+                field: "num_inference_steps",
+                configured: self.num_inference_steps,
+                generation: num_inference_steps,
+                why: "its ratios, retention steps and reset follow the configured count; set it to the generation's",
+            });
+        }
+        Ok(())
+    }
+
     /// [`MagCacheConfig::validate`], then that `host` has a block stack to skip.
     pub fn check_host(&self, host: &HostInfo) -> Result<(), ConfigError> {
         self.validate()?;

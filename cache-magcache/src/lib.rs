@@ -21,7 +21,7 @@
 
 use burn::tensor::{backend::Backend, Tensor};
 use cache_core::{
-    tensor_bytes, CacheStats, CacheStrategy, CallContext, Decision, JointStates, MemoryLedger, StateMap, TailPlan,
+    tensor_bytes, CacheStats, CacheStrategy, ConfigError, CallContext, Decision, JointStates, MemoryLedger, StateMap, TailPlan,
 };
 
 mod config;
@@ -135,6 +135,10 @@ pub fn magnitude_ratio<B: Backend>(cur: &Tensor<B, 3>, prev: &Tensor<B, 3>) -> f
 }
 
 impl<B: Backend> CacheStrategy<B> for MagCache<B> {
+    fn check_steps(&self, num_inference_steps: usize) -> Result<(), ConfigError> {
+        self.config.check_steps(num_inference_steps)
+    }
+
     fn reset(&mut self) {
         self.states.clear();
         self.memory.reset();

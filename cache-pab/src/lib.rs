@@ -45,7 +45,8 @@ pub struct PyramidAttentionBroadcast<B: Backend> {
 impl<B: Backend> PyramidAttentionBroadcast<B> {
     /// An engine with this configuration; its identifiers must be valid regular expressions.
     pub fn new(config: PyramidAttentionBroadcastConfig) -> Result<Self, ConfigError> {
-        config.classes(&[])?;
+        // Every value, not only the identifiers: a skip range of 0 would divide by zero at the first site.
+        config.validate()?;
         let memory = MemoryLedger::new(config.memory_budget_bytes);
         Ok(Self { config, classes: HashMap::new(), states: StateMap::default(), memory, stats: CacheStats::default() })
     }
@@ -106,5 +107,29 @@ impl<B: Backend> CacheStrategy<B> for PyramidAttentionBroadcast<B> {
 
     fn peak_bytes(&self) -> usize {
         self.memory.peak()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type B = burn_ndarray::NdArray<f32>;
+
+    /// The public constructor validates every value: a skip range of 0 (used as `iteration % 0` at the first
+    /// site) is refused, typed, instead of dividing by zero there.
+    #[test]
+    fn a_zero_skip_range_is_refused_by_the_constructor() {
+        for field in ["spatial", "temporal", "cross"] {
+            let mut c = PyramidAttentionBroadcastConfig::default();
+            match field {
+                "spatial" => c.spatial_attention_block_skip_range = Some(0),
+                "temporal" => c.temporal_attention_block_skip_range = Some(0),
+                _ => c.cross_attention_block_skip_range = Some(0),
+            }
+            let e = PyramidAttentionBroadcast::<B>::new(c).err().expect("refused");
+            assert!(matches!(e, ConfigError::ZeroSkipRange { field: f } if f.starts_with(field)), "{e}");
+        }
+        PyramidAttentionBroadcast::<B>::new(PyramidAttentionBroadcastConfig::default()).unwrap();
     }
 }

@@ -94,11 +94,13 @@ impl TeaCacheConfig {
     /// fall elsewhere).
     pub fn check_steps(&self, num_inference_steps: usize) -> Result<(), ConfigError> {
         if self.num_steps != num_inference_steps {
-            return Err(ConfigError::NotHostable(format!(
-                "TeaCache `num_steps` is {} but the generation has {num_inference_steps} steps (the authors set it to \
-                 num_inference_steps)",
-                self.num_steps
-            )));
+            return Err(ConfigError::StepMismatch {
+                engine: "TeaCache",
+                field: "num_steps",
+                configured: self.num_steps,
+                generation: num_inference_steps,
+                why: "the authors set it to num_inference_steps; its call counter would wrap at the wrong call",
+            });
         }
         Ok(())
     }

@@ -20,7 +20,7 @@
 
 use burn::tensor::{backend::Backend, Tensor};
 use cache_core::{
-    joint_bytes, CacheStats, CacheStrategy, CallContext, Decision, JointStates, MemoryLedger, StateMap, TailPlan,
+    joint_bytes, CacheStats, CacheStrategy, ConfigError, CallContext, Decision, JointStates, MemoryLedger, StateMap, TailPlan,
 };
 
 mod config;
@@ -102,6 +102,10 @@ impl<B: Backend> TeaCache<B> {
 }
 
 impl<B: Backend> CacheStrategy<B> for TeaCache<B> {
+    fn check_steps(&self, num_inference_steps: usize) -> Result<(), ConfigError> {
+        self.config.check_steps(num_inference_steps)
+    }
+
     fn reset(&mut self) {
         self.states.clear();
         self.memory.reset();

@@ -62,6 +62,9 @@ pub enum ModelError {
     /// An input tensor has a shape the model cannot take.
     #[error("shape error: {0}")]
     Shape(String),
+    /// The cache strategy's configuration does not fit this generation (another step count).
+    #[error("cache configuration: {0}")]
+    Cache(cache_core::ConfigError),
     /// A cache strategy returned states the model cannot use (a stream missing, a wrong shape).
     #[error("cache strategy error: {0}")]
     Strategy(String),

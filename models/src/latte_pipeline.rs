@@ -71,6 +71,7 @@ impl<B: ModelBackend> LattePipeline<B> {
         let timesteps = self.scheduler.set_timesteps(input.num_inference_steps)?.to_vec();
         let positions = model.positions(f, h, w, &input.latents.device())?;
         strategy.reset();
+        strategy.check_steps(input.num_inference_steps).map_err(ModelError::Cache)?;
         let scheduler = &self.scheduler;
         guided_steps(
             &guidance,

@@ -1,6 +1,9 @@
 //! The denoising loop of diffusers' `CogVideoXPipeline` with `output_type="latent"`: classifier-free guidance
 //! batched as `[uncond, cond]`, `scale_model_input`, the transformer, guidance, the scheduler step.
 //! No text encoder and no VAE: prompt embeddings and latents come in, latents go out.
+//!
+//! With `CogVideoXDPMScheduler` the step is diffusers' DPM branch (`pipeline_cogvideox.py` l. 751–761 at
+//! v0.42.1): it passes the previous step's `x₀` and timestep back, and adds noise ([`StepNoise`]).
 
 use burn::tensor::{backend::Backend, Tensor};
 use cache_core::{Branch, CacheStrategy, CallContext, CfgOrder, StepContext};
@@ -10,7 +13,8 @@ use crate::cogvideox::CogVideoXTransformer3DModel;
 use crate::error::{ModelError, Result};
 use crate::input::ForwardInput;
 use crate::ops::ModelBackend;
-use crate::scheduler::CogVideoXDDIMScheduler;
+use crate::scheduler::CogVideoXScheduler;
+use crate::weights::randn;
 
 /// What one generation starts from: one or more prompts, and `num_videos_per_prompt` videos of each, laid out as
 /// diffusers' pipelines lay them out (a prompt's videos are adjacent rows).
@@ -58,6 +62,68 @@ pub struct DenoiseOptions<'a, B: Backend> {
     pub progress: bool,
     /// Called after each step with the step index, its timestep and the guided model output.
     pub on_step: Option<&'a mut dyn FnMut(usize, i64, &Tensor<B, 5>)>,
+    /// The noise a stochastic scheduler (`CogVideoXDPMScheduler`) adds at each step; the DDIM schedulers add
+    /// none and ignore it.
+    pub step_noise: StepNoise<B>,
+}
+
+/// Where the noise a stochastic scheduler adds at each step comes from.
+///
+/// # Shapes
+/// `Recorded`: one tensor per step, each the shape of [`DenoiseInput::latents`] (`[B·V, F, C, H, W]`)
+#[derive(Debug, Clone)]
+pub enum StepNoise<B: Backend> {
+    /// Drawn by the library (torch's generator cannot be reproduced): row `r` of step `i` is standard normal
+    /// from a seed mixing this one with `(i, r)` ([`crate::weights::randn`]), so a row's noise does not depend
+    /// on the rows after it. The default, with seed 0.
+    Seeded(u64),
+    /// Replayed: step `i` adds `tensors[i]` (what diffusers drew and added, as a parity case records it in
+    /// `step_noise.{i}`). A count other than the step count or another shape is a [`ModelError::Shape`].
+    Recorded(Vec<Tensor<B, 5>>),
+}
+
+impl<B: Backend> Default for StepNoise<B> {
+    fn default() -> Self {
+        Self::Seeded(0)
+    }
+}
+
+impl<B: Backend> StepNoise<B> {
+    /// Checks recorded noise against `steps` steps of latents shaped `dims`.
+    fn check(&self, steps: usize, dims: [usize; 5]) -> Result<()> {
+        let Self::Recorded(tensors) = self else { return Ok(()) };
+        if tensors.len() != steps {
+            return Err(ModelError::Shape(format!("{} recorded step noise tensors for {steps} steps", tensors.len())));
+        }
+        match tensors.iter().position(|t| t.dims() != dims) {
+            Some(i) => Err(ModelError::Shape(format!(
+                "recorded step noise {i} has shape {:?}, the latents {dims:?}",
+                tensors[i].dims()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// The noise of step `i` (checked by [`Self::check`] first).
+    fn at(&self, i: usize, dims: [usize; 5], device: &B::Device) -> Tensor<B, 5> {
+        match self {
+            Self::Recorded(tensors) => tensors[i].clone(),
+            Self::Seeded(seed) => {
+                let row = [1, dims[1], dims[2], dims[3], dims[4]];
+                let draw = |r: usize| randn(mix(*seed, i as u64, r as u64), &row).to_tensor(device);
+                Tensor::cat((0..dims[0]).map(draw).collect(), 0)
+            }
+        }
+    }
+}
+
+/// A seed for step `step`, row `row` of a generation seeded `seed` (SplitMix64's finalizer, so that nearby
+/// inputs give unrelated streams: `randn`'s SplitMix64 streams from seeds one gamma apart overlap).
+fn mix(seed: u64, step: u64, row: u64) -> u64 {
+    let mut z = seed ^ (step + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (row + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// Classifier-free guidance as diffusers' pipelines batch it: `[uncond × N, cond × N]` for N videos when
@@ -157,10 +223,22 @@ pub(crate) fn progress_bar(show: bool, steps: usize) -> ProgressBar {
 pub(crate) fn guided_steps<B: Backend>(
     guidance: &Guidance<B>,
     timesteps: &[i64],
+    latents: Tensor<B, 5>,
+    options: DenoiseOptions<'_, B>,
+    predict: impl FnMut(ForwardInput<B>, &CallContext) -> Result<Tensor<B, 5>>,
+    step: impl Fn(Tensor<B, 5>, i64, Tensor<B, 5>) -> Result<Tensor<B, 5>>,
+) -> Result<Tensor<B, 5>> {
+    guided_steps_indexed(guidance, timesteps, latents, options, predict, |_, pred, t, latents| step(pred, t, latents))
+}
+
+/// [`guided_steps`] with a stateful step that is told the step index (`step(i, guided_output, t, latents)`).
+pub(crate) fn guided_steps_indexed<B: Backend>(
+    guidance: &Guidance<B>,
+    timesteps: &[i64],
     mut latents: Tensor<B, 5>,
     mut options: DenoiseOptions<'_, B>,
     mut predict: impl FnMut(ForwardInput<B>, &CallContext) -> Result<Tensor<B, 5>>,
-    step: impl Fn(Tensor<B, 5>, i64, Tensor<B, 5>) -> Result<Tensor<B, 5>>,
+    mut step: impl FnMut(usize, Tensor<B, 5>, i64, Tensor<B, 5>) -> Result<Tensor<B, 5>>,
 ) -> Result<Tensor<B, 5>> {
     let bar = progress_bar(options.progress, timesteps.len());
     for (i, &t) in timesteps.iter().enumerate() {
@@ -178,7 +256,7 @@ pub(crate) fn guided_steps<B: Backend>(
         if let Some(cb) = options.on_step.as_mut() {
             cb(i, t, &noise_pred);
         }
-        latents = step(noise_pred, t, latents)?;
+        latents = step(i, noise_pred, t, latents)?;
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -186,29 +264,46 @@ pub(crate) fn guided_steps<B: Backend>(
 }
 
 /// Runs one generation of every video of `input` in one loop: resets `strategy`, then denoises for
-/// `input.num_inference_steps` steps. Returns the final latents `[B·V, F, C, H, W]`.
+/// `input.num_inference_steps` steps with either scheduler class (`CogVideoXDPMScheduler` adds
+/// `options.step_noise`). Returns the final latents `[B·V, F, C, H, W]`.
 pub fn denoise<B: ModelBackend, S: CacheStrategy<B> + ?Sized>(
     model: &CogVideoXTransformer3DModel<B>,
-    scheduler: &mut CogVideoXDDIMScheduler,
+    scheduler: &mut CogVideoXScheduler,
     input: DenoiseInput<B>,
     strategy: &mut S,
-    options: DenoiseOptions<'_, B>,
+    mut options: DenoiseOptions<'_, B>,
 ) -> Result<Tensor<B, 5>> {
     let guidance = Guidance::new(&input)?;
-    let [_, f, _, h, w] = input.latents.dims();
+    let dims = input.latents.dims();
+    let [_, f, _, h, w] = dims;
+    let device = input.latents.device();
     let timesteps = scheduler.set_timesteps(input.num_inference_steps)?.to_vec();
-    let positions = model.positions(f, h, w, &input.latents.device())?;
+    let positions = model.positions(f, h, w, &device)?;
+    let noise = std::mem::take(&mut options.step_noise);
+    if matches!(scheduler, CogVideoXScheduler::Dpm(_)) {
+        noise.check(timesteps.len(), dims)?;
+    }
     strategy.reset();
+    strategy.check_steps(input.num_inference_steps).map_err(ModelError::Cache)?;
     let scheduler = &*scheduler;
-    guided_steps(
-        &guidance,
-        &timesteps,
-        input.latents,
-        options,
-        |mut call, ctx| {
-            call.hidden_states = scheduler.scale_model_input(call.hidden_states, ctx.step.timestep as i64);
-            model.forward(call, &positions, ctx, strategy)
-        },
-        |pred, t, latents| scheduler.step(pred, t, latents),
-    )
+    let predict = |mut call: ForwardInput<B>, ctx: &CallContext| {
+        call.hidden_states = scheduler.scale_model_input(call.hidden_states, ctx.step.timestep as i64);
+        model.forward(call, &positions, ctx, strategy)
+    };
+    match scheduler {
+        CogVideoXScheduler::Ddim(s) => {
+            let step = |pred, t, latents| s.step(pred, t, latents);
+            guided_steps(&guidance, &timesteps, input.latents, options, predict, step)
+        }
+        CogVideoXScheduler::Dpm(s) => {
+            let mut old_pred_original_sample = None;
+            guided_steps_indexed(&guidance, &timesteps, input.latents, options, predict, |i, pred, t, latents| {
+                let back = i.checked_sub(1).map(|j| timesteps[j]);
+                let noise = noise.at(i, dims, &device);
+                let (prev, x0) = s.step(pred, old_pred_original_sample.take(), t, back, latents, noise)?;
+                old_pred_original_sample = Some(x0);
+                Ok(prev)
+            })
+        }
+    }
 }

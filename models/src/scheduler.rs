@@ -1,6 +1,7 @@
 //! `CogVideoXDDIMScheduler` (diffusers 0.42,
 //! <https://github.com/huggingface/diffusers/blob/v0.42.1/src/diffusers/schedulers/scheduling_ddim_cogvideox.py>),
-//! read from `scheduler_config.json`.
+//! read from `scheduler_config.json`, and [`CogVideoXScheduler`]: either class a CogVideoX pipeline runs
+//! (this one or [`CogVideoXDPMScheduler`]), chosen by the file's `_class_name`.
 //!
 //! `alphas_cumprod` is float64 as in diffusers; the step's coefficients are rounded to float32 before they
 //! touch the float32 latents, as PyTorch does when a 0-d float64 tensor multiplies a float32 tensor.
@@ -12,6 +13,7 @@ use burn::tensor::{backend::Backend, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
+use crate::scheduler_dpm::CogVideoXDPMScheduler;
 
 /// `scheduler_config.json` of `CogVideoXDDIMScheduler`, with diffusers' field names and defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,11 +83,26 @@ impl CogVideoXDDIMSchedulerConfig {
         }
     }
 
-    /// Reads a diffusers `scheduler_config.json`.
+    /// Reads a diffusers `scheduler_config.json`; a file whose `_class_name` names another class is refused
+    /// ([`CogVideoXScheduler::from_json_file`] reads either class).
     pub fn from_json_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
-        serde_json::from_str(&text).map_err(|e| ModelError::Parse { path: path.to_owned(), reason: e.to_string() })
+        read_config_of(path, "CogVideoXDDIMScheduler")
+    }
+}
+
+/// A `scheduler_config.json` read as the configuration of `class`: one whose `_class_name` names another
+/// class is [`ModelError::Unsupported`] (both CogVideoX classes take the same fields, so it would parse and
+/// run as the wrong scheduler); one without `_class_name` is taken as the caller says.
+pub(crate) fn read_config_of<T: serde::de::DeserializeOwned>(path: &Path, class: &str) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
+    let parse = |e: serde_json::Error| ModelError::Parse { path: path.to_owned(), reason: e.to_string() };
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(parse)?;
+    match json.get("_class_name") {
+        Some(found) if found.as_str() != Some(class) => Err(ModelError::Unsupported(format!(
+            "{}: `_class_name` is {found}, not {class:?} (CogVideoXScheduler::from_json_file reads either CogVideoX class)",
+            path.display()
+        ))),
+        _ => serde_json::from_value(json).map_err(parse),
     }
 }
 
@@ -251,6 +268,15 @@ impl CogVideoXDDIMScheduler {
         Ok((a_t, a_prev))
     }
 
+    /// `alphas_cumprod[t]`, checked against the training range.
+    pub(crate) fn alpha_at(&self, t: i64) -> Result<f64> {
+        let n = self.config.num_train_timesteps as i64;
+        if t < 0 || t >= n {
+            return Err(ModelError::InvalidConfig(format!("timestep {t} outside 0..{n}")));
+        }
+        Ok(self.alphas_cumprod[t as usize])
+    }
+
     /// One DDIM step (eta 0) from `t` to `t - num_train_timesteps / num_inference_steps`, as diffusers
     /// computes it (not to the next scheduled timestep).
     pub fn step<B: Backend, const D: usize>(
@@ -271,6 +297,95 @@ impl CogVideoXDDIMScheduler {
         let coef_a = ((1.0 - a_prev) / (1.0 - a_t)).sqrt();
         let coef_b = a_prev.sqrt() - a_t.sqrt() * coef_a;
         Ok(sample * (coef_a as f32) + x0 * (coef_b as f32))
+    }
+}
+
+/// The scheduler classes a CogVideoX pipeline directory may name.
+pub const SUPPORTED_SCHEDULERS: &[&str] = &["CogVideoXDDIMScheduler", "CogVideoXDPMScheduler"];
+
+/// The scheduler of a CogVideoX pipeline, of either class `CogVideoXPipeline` runs.
+#[derive(Debug, Clone)]
+pub enum CogVideoXScheduler {
+    /// `CogVideoXDDIMScheduler` (deterministic).
+    Ddim(CogVideoXDDIMScheduler),
+    /// `CogVideoXDPMScheduler` (stochastic: each step adds noise).
+    Dpm(CogVideoXDPMScheduler),
+}
+
+impl CogVideoXScheduler {
+    /// Reads a `scheduler_config.json` and builds the class its `_class_name` names. Another class is
+    /// [`ModelError::Unsupported`], naming it and [`SUPPORTED_SCHEDULERS`]; a file without `_class_name` is
+    /// [`ModelError::InvalidConfig`]: both classes take the same fields, so nothing else in the file tells
+    /// which one it configures.
+    pub fn from_json_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
+        let parse = |e: serde_json::Error| ModelError::Parse { path: path.to_owned(), reason: e.to_string() };
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(parse)?;
+        let supported = SUPPORTED_SCHEDULERS.join(", ");
+        match json.get("_class_name") {
+            None => Err(ModelError::InvalidConfig(format!(
+                "{}: no `_class_name`; a CogVideoX scheduler config must name its class ({supported})",
+                path.display()
+            ))),
+            Some(serde_json::Value::String(class)) if class == "CogVideoXDDIMScheduler" => {
+                Ok(Self::Ddim(CogVideoXDDIMScheduler::new(serde_json::from_value(json).map_err(parse)?)?))
+            }
+            Some(serde_json::Value::String(class)) if class == "CogVideoXDPMScheduler" => {
+                Ok(Self::Dpm(CogVideoXDPMScheduler::new(serde_json::from_value(json).map_err(parse)?)?))
+            }
+            Some(other) => Err(ModelError::Unsupported(format!(
+                "{}: scheduler {} (CogVideoXPipeline supports {supported})",
+                path.display(),
+                other.as_str().map_or_else(|| other.to_string(), str::to_owned)
+            ))),
+        }
+    }
+
+    /// The diffusers class name.
+    pub fn class_name(&self) -> &'static str {
+        match self {
+            Self::Ddim(_) => "CogVideoXDDIMScheduler",
+            Self::Dpm(_) => "CogVideoXDPMScheduler",
+        }
+    }
+
+    /// `init_noise_sigma` (1 for both classes).
+    pub fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
+
+    /// `set_timesteps`: the timesteps of `num_inference_steps` steps.
+    pub fn set_timesteps(&mut self, num_inference_steps: usize) -> Result<&[i64]> {
+        match self {
+            Self::Ddim(s) => s.set_timesteps(num_inference_steps),
+            Self::Dpm(s) => s.set_timesteps(num_inference_steps),
+        }
+    }
+
+    /// The timesteps set by [`Self::set_timesteps`].
+    pub fn timesteps(&self) -> &[i64] {
+        match self {
+            Self::Ddim(s) => s.timesteps(),
+            Self::Dpm(s) => s.timesteps(),
+        }
+    }
+
+    /// `scale_model_input`: the identity for both classes.
+    pub fn scale_model_input<B: Backend, const D: usize>(&self, sample: Tensor<B, D>, _t: i64) -> Tensor<B, D> {
+        sample
+    }
+}
+
+impl From<CogVideoXDDIMScheduler> for CogVideoXScheduler {
+    fn from(s: CogVideoXDDIMScheduler) -> Self {
+        Self::Ddim(s)
+    }
+}
+
+impl From<CogVideoXDPMScheduler> for CogVideoXScheduler {
+    fn from(s: CogVideoXDPMScheduler) -> Self {
+        Self::Dpm(s)
     }
 }
 

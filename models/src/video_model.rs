@@ -8,20 +8,21 @@ use cache_core::{Branch, CacheStrategy, CallContext, HostInfo, Identity, StepCon
 
 use crate::error::{ModelError, Result};
 use crate::{
-    denoise, CogVideoXConfig, CogVideoXDDIMScheduler, CogVideoXDDIMSchedulerConfig, CogVideoXTransformer3DModel,
-    DDIMScheduler, DDIMSchedulerConfig, DenoiseInput, DenoiseOptions, ForwardInput, LatteConfig, LattePipeline,
-    LatteTransformer3DModel, ModelBackend, WeightSource,
+    denoise, CogVideoXConfig, CogVideoXDDIMScheduler, CogVideoXDDIMSchedulerConfig, CogVideoXScheduler,
+    CogVideoXTransformer3DModel, DDIMScheduler, DDIMSchedulerConfig, DenoiseInput, DenoiseOptions, ForwardInput,
+    LatteConfig, LattePipeline, LatteTransformer3DModel, ModelBackend, WeightSource,
 };
 
 /// A transformer and its scheduler, of either family.
 #[derive(Debug)]
 pub enum VideoModel<B: ModelBackend> {
-    /// `CogVideoXTransformer3DModel` with `CogVideoXDDIMScheduler` (`CogVideoXPipeline`).
+    /// `CogVideoXTransformer3DModel` with `CogVideoXDDIMScheduler` or `CogVideoXDPMScheduler`
+    /// (`CogVideoXPipeline`).
     CogVideoX {
         /// The transformer.
         model: CogVideoXTransformer3DModel<B>,
         /// The scheduler.
-        scheduler: CogVideoXDDIMScheduler,
+        scheduler: CogVideoXScheduler,
     },
     /// `LatteTransformer3DModel` with `DDIMScheduler` (`LattePipeline`).
     Latte(LattePipeline<B>),
@@ -30,7 +31,9 @@ pub enum VideoModel<B: ModelBackend> {
 impl<B: ModelBackend> VideoModel<B> {
     /// Loads a diffusers directory: a pipeline directory (`transformer/`, optional `scheduler/`) or a model
     /// directory. The family comes from `config.json`'s `_class_name`; without a scheduler config, the
-    /// family's published one is used (CogVideoX-2b's, Latte-1's).
+    /// family's published one is used (CogVideoX-2b's, Latte-1's). A scheduler config is built as the class
+    /// its `_class_name` names, and refused when the pipeline does not run that class
+    /// ([`CogVideoXScheduler::from_json_file`], [`LattePipeline::from_pretrained`]).
     pub fn from_dir(dir: &Path, device: &B::Device) -> Result<Self> {
         let transformer = if dir.join("transformer").join("config.json").exists() { dir.join("transformer") } else { dir.to_path_buf() };
         let config_path = transformer.join("config.json");
@@ -43,12 +46,12 @@ impl<B: ModelBackend> VideoModel<B> {
         match class {
             "CogVideoXTransformer3DModel" => {
                 let model = CogVideoXTransformer3DModel::from_pretrained(&transformer, device)?;
-                let cfg = if has_scheduler {
-                    CogVideoXDDIMSchedulerConfig::from_json_file(&scheduler_path)?
+                let scheduler = if has_scheduler {
+                    CogVideoXScheduler::from_json_file(&scheduler_path)?
                 } else {
-                    CogVideoXDDIMSchedulerConfig::cogvideox()
+                    CogVideoXDDIMScheduler::new(CogVideoXDDIMSchedulerConfig::cogvideox())?.into()
                 };
-                Ok(Self::CogVideoX { model, scheduler: CogVideoXDDIMScheduler::new(cfg)? })
+                Ok(Self::CogVideoX { model, scheduler })
             }
             "LatteTransformer3DModel" if has_scheduler => Ok(Self::Latte(LattePipeline::from_pretrained(dir, device)?)),
             "LatteTransformer3DModel" => {
@@ -66,7 +69,7 @@ impl<B: ModelBackend> VideoModel<B> {
     /// A CogVideoX preset with weights from `weights`, and CogVideoX-2b's scheduler.
     pub fn cogvideox(config: &CogVideoXConfig, weights: &mut WeightSource, device: &B::Device) -> Result<Self> {
         let model = CogVideoXTransformer3DModel::load(config, weights, device)?;
-        let scheduler = CogVideoXDDIMScheduler::new(CogVideoXDDIMSchedulerConfig::cogvideox())?;
+        let scheduler = CogVideoXDDIMScheduler::new(CogVideoXDDIMSchedulerConfig::cogvideox())?.into();
         Ok(Self::CogVideoX { model, scheduler })
     }
 

@@ -29,6 +29,19 @@ impl HostTensor {
         Tensor::from_data(TensorData::new(self.data.clone(), self.shape.clone()), device)
     }
 
+    /// [`HostTensor::to_tensor`] for data that comes from a user's file: a tensor of another rank, or whose
+    /// data does not fill its shape, is a typed error naming `name` instead of a panic in burn's `from_data`.
+    pub fn try_to_tensor<B: Backend, const D: usize>(&self, name: &str, device: &B::Device) -> Result<Tensor<B, D>> {
+        if self.shape.len() != D {
+            return Err(ModelError::Shape(format!("`{name}` has shape {:?} ({}-D), expected a {D}-D tensor", self.shape, self.shape.len())));
+        }
+        let n: usize = self.shape.iter().product();
+        if n != self.data.len() {
+            return Err(ModelError::Shape(format!("`{name}` has shape {:?} ({n} values) but holds {}", self.shape, self.data.len())));
+        }
+        Ok(self.to_tensor(device))
+    }
+
     /// The transpose of a 2-D tensor, materialised row-major (`[r, c]` → `[c, r]`).
     ///
     /// Weights are transposed here, on the host, rather than as a `transpose()` view on the device: a

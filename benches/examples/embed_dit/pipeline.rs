@@ -34,6 +34,8 @@ pub fn sample<B: Backend, S: CacheStrategy<B> + ?Sized>(
     };
     let y = Tensor::<B, 1, Int>::from_data(TensorData::new(labels.to_vec(), [2]), device);
     strategy.reset();
+    // An engine configured for another step count (TeaCache's `num_steps`, MagCache's) refuses here.
+    strategy.check_steps(steps).expect("the strategy was configured for this step count");
     for (i, &t) in timesteps.iter().enumerate() {
         let ctx = CallContext::new(StepContext { step: i, num_steps: steps, timestep: t as f64 }, Branch::Cfg(order), 2);
         let x = Tensor::cat(vec![latents.clone(), latents.clone()], 0);

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use benches::backend::{self, Backend};
-use benches::parity::{expand_case_dirs, run_case};
+use benches::parity::{expand_case_dirs, run_case_within};
 use burn::tensor::{Distribution, Tensor};
 use cache_core::{Branch, CallContext, CfgOrder, Identity, StepContext};
 use clap::{Parser, Subcommand};
@@ -29,6 +29,11 @@ enum Command {
         /// Case directories, or directories of cases.
         #[arg(required = true)]
         cases: Vec<PathBuf>,
+        /// Hold every case to this rel_l2 where it is below the case's own tolerance (the format's 1e-3 for
+        /// a generation leaves room for TF32; a float32 backend is held to what it measures: `.ci/run`
+        /// passes 1e-5).
+        #[arg(long)]
+        max_rel_l2: Option<f64>,
     },
     /// Times one forward of a preset model (random weights from a seed) on this build's backend.
     Forward {
@@ -86,9 +91,9 @@ struct RunArgs {
     /// (CogVideoX or Latte, told apart by `config.json`'s `_class_name`).
     #[arg(long, default_value = "shapes")]
     model: String,
-    /// The prompt, for models with attribute embeddings (the trained model). Repeat it for several prompts in
-    /// one batch (`--batch` videos spread evenly over them, a prompt's videos adjacent, as diffusers' pipelines
-    /// lay them out).
+    /// The prompt, for models with attribute embeddings (the trained model; refused for others). Repeat it for
+    /// several prompts in one batch (`--batch` videos spread evenly over them, a prompt's videos adjacent, as
+    /// diffusers' pipelines lay them out).
     #[arg(long, default_value = benches::shapes::DEFAULT_PROMPT)]
     prompt: Vec<String>,
     /// Videos generated together in one denoising loop (one model call per step for all of them). On the
@@ -97,9 +102,9 @@ struct RunArgs {
     /// batch-1 run's.
     #[arg(long, default_value_t = 1)]
     batch: usize,
-    /// Weight seed for preset models.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Weight seed for preset models (default 0); refused for a model directory, which has its own weights.
+    #[arg(long)]
+    seed: Option<u64>,
     /// Seed of the initial latents (and of the prompt embeddings of models without a prompt table).
     #[arg(long, default_value_t = 0)]
     input_seed: u64,
@@ -127,12 +132,18 @@ fn parse_latent_size(s: &str) -> Result<[usize; 3], String> {
 impl RunArgs {
     /// The model, and the options of a run on it.
     fn load(&self, repeats: usize) -> Result<(VideoModel<Backend>, WeightSource, BenchOptions), String> {
+        self.check()?;
         let device = backend::device();
-        let (model, weights) = load_model(&self.model, self.seed, self.latent_size, &device)?;
-        if self.batch == 0 {
-            return Err("--batch must be at least 1".into());
-        }
+        let (model, weights) = load_model(&self.model, self.weight_seed(), self.latent_size, &device)?;
+        let (latents, text) = input_shapes(&model);
+        check_input_size(latents, text, self.batch)?;
         let prompt = prompt_embeds(&self.model, &model, &self.prompt)?;
+        if prompt.is_none() && !self.default_prompt() {
+            return Err(format!(
+                "--prompt: {} has no prompt table (attribute_embeddings.safetensors), its prompt embeddings are drawn from --input-seed",
+                self.model
+            ));
+        }
         let opts = BenchOptions {
             steps: self.steps,
             guidance: self.guidance,
@@ -144,6 +155,33 @@ impl RunArgs {
         };
         Ok((model, weights, opts))
     }
+
+    /// Refuses values no generation can run with, before a model is loaded.
+    fn check(&self) -> Result<(), String> {
+        if self.batch == 0 {
+            return Err("--batch must be at least 1".into());
+        }
+        if self.steps == 0 {
+            return Err("--steps must be at least 1".into());
+        }
+        if !self.guidance.is_finite() {
+            return Err(format!("--guidance must be a finite number, got {}", self.guidance));
+        }
+        if let (Some(seed), Some(_)) = (self.seed, model_dir(&self.model)) {
+            return Err(format!("--seed {seed}: {} is a model directory with its own weights; --seed draws a preset model's", self.model));
+        }
+        Ok(())
+    }
+
+    /// The seed of a preset model's drawn weights.
+    fn weight_seed(&self) -> u64 {
+        self.seed.unwrap_or(0)
+    }
+
+    /// Whether the prompts are the default one (which every model accepts, used or not).
+    fn default_prompt(&self) -> bool {
+        self.prompt.len() == 1 && self.prompt[0] == benches::shapes::DEFAULT_PROMPT
+    }
 }
 
 #[derive(clap::Args)]
@@ -153,7 +191,8 @@ struct BenchArgs {
     /// Timed generations per strategy (the median is reported), after one warm-up.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
-    /// Strategy config files (JSON or TOML); replaces the default list. Repeatable.
+    /// Strategy config files (JSON or TOML); replaces the default list (and so takes no `--calibration` or
+    /// `--uncalibrated`). Repeatable.
     #[arg(long = "strategy")]
     strategies: Vec<PathBuf>,
     /// Write the report as JSON.
@@ -183,13 +222,17 @@ struct CalibrateArgs {
     /// `CacheConfig::from_file`.
     #[arg(long)]
     magcache_out: Option<PathBuf>,
-    /// The threshold of `--magcache-out`'s config.
-    #[arg(long, default_value_t = 0.06)]
+    /// The threshold of `--magcache-out`'s config (only with it).
+    #[arg(long, default_value_t = 0.06, requires = "magcache_out")]
     threshold: f64,
 }
 
 fn calibrate(a: CalibrateArgs) -> Result<ExitCode, String> {
     let device = backend::device();
+    // Checked before the calibration it would otherwise end.
+    if !a.threshold.is_finite() || a.threshold < 0.0 {
+        return Err(format!("--threshold must be a finite number of at least 0, got {}", a.threshold));
+    }
     let (mut model, _, opts) = a.run.load(1)?;
     let opts = calibration_options(&a.run, &model, &opts)?;
     eprintln!(
@@ -241,14 +284,23 @@ fn print_calibration(cal: &cache_engines::Calibration) {
 /// The options of a calibration run: on the trained model its [`benches::calibrate::CALIBRATION_PROMPTS`]
 /// (or the `--prompt`s given, when not the default one), one video each; on other models
 /// [`benches::calibrate::CALIBRATION_VIDEOS`] videos with drawn prompts (or `--batch` when larger than 1).
+///
+/// Refuses a `--batch` other than 1 on a model with a prompt table: its calibration runs one video per prompt.
 fn calibration_options(run: &RunArgs, model: &VideoModel<Backend>, opts: &BenchOptions) -> Result<BenchOptions, String> {
-    let default = run.prompt.len() == 1 && run.prompt[0] == benches::shapes::DEFAULT_PROMPT;
-    let prompts: Vec<String> = if default {
+    let prompts: Vec<String> = if run.default_prompt() {
         benches::calibrate::CALIBRATION_PROMPTS.iter().map(|p| p.to_string()).collect()
     } else {
         run.prompt.clone()
     };
     Ok(match prompt_embeds(&run.model, model, &prompts)? {
+        Some(_) if run.batch != 1 => {
+            return Err(format!(
+                "--batch {}: the calibration of {} runs one video per prompt ({} videos), so --batch does not apply; --prompt chooses the prompts",
+                run.batch,
+                run.model,
+                prompts.len()
+            ))
+        }
         Some(table) => BenchOptions { prompt: Some(table), batch: prompts.len(), progress: false, ..opts.clone() },
         None => {
             let batch = if run.batch > 1 { run.batch } else { benches::calibrate::CALIBRATION_VIDEOS };
@@ -263,21 +315,34 @@ struct CalibrationArgs {
     /// The model's calibration file: read when it exists (refused when made for another model or step count),
     /// otherwise made there (a measuring pass over the calibration videos plus a few verifying ones). Default:
     /// the user's cache directory (`$XDG_CACHE_HOME/ditcache` or `~/.cache/ditcache`), a file per model, weights
-    /// and schedule.
+    /// and schedule. Refused with strategy files, which are run as written.
     #[arg(long)]
     calibration: Option<PathBuf>,
-    /// Use the fixed, uncalibrated presets (no quality level; a warning says so).
-    #[arg(long)]
+    /// Use the fixed, uncalibrated presets (no quality level; a warning says so). Refused with a strategy file,
+    /// which is run as written.
+    #[arg(long, conflicts_with = "calibration")]
     uncalibrated: bool,
 }
 
 impl CalibrationArgs {
+    /// Refuses these flags for a run that takes no calibration (`what` says why, e.g. `--strategy files are
+    /// run as written`).
+    fn refuse(&self, what: &str) -> Result<(), String> {
+        if let Some(p) = &self.calibration {
+            return Err(format!("--calibration {}: {what}, so a calibration would go unused", p.display()));
+        }
+        if self.uncalibrated {
+            return Err(format!("--uncalibrated: {what}; the flag applies to presets only"));
+        }
+        Ok(())
+    }
+
     /// The calibration for this run, made on first use.
     fn load(&self, run: &RunArgs, model: &mut VideoModel<Backend>, opts: &BenchOptions) -> Result<cache_engines::Calibration, String> {
         let key = format!(
             "{}-w{}-{}steps-g{}-{}",
             std::fs::canonicalize(&run.model).map(|p| p.display().to_string()).unwrap_or_else(|_| run.model.clone()),
-            run.seed,
+            run.weight_seed(),
             opts.steps,
             opts.guidance,
             run.latent_size.map(|[f, h, w]| format!("{f}x{h}x{w}")).unwrap_or_else(|| "native".into()),
@@ -321,6 +386,9 @@ struct TuneArgs {
 fn tune(a: TuneArgs) -> Result<ExitCode, String> {
     use benches::tune::Target;
     let target = match (a.min_psnr, a.max_rel_l2) {
+        // No PSNR meets NaN, no rel_l2 a NaN or negative bound: the search would find nothing.
+        (Some(p), None) if p.is_nan() => return Err("--min-psnr must be a number of dB, got NaN".into()),
+        (None, Some(e)) if e.is_nan() || e < 0.0 => return Err(format!("--max-rel-l2 must be at least 0, got {e}")),
         (Some(p), None) => Target::MinPsnr(p),
         (None, Some(e)) => Target::MaxRelL2(e),
         _ => return Err("give one quality target: --min-psnr DB or --max-rel-l2 X".into()),
@@ -355,6 +423,42 @@ fn toml_string(cfg: &CacheConfig) -> Result<String, String> {
     cache_core::to_toml(cfg)
 }
 
+/// Refuses a batch whose inputs (latents `[C, F, H, W]` or `[F, C, H, W]` and `[S, D]` prompt and negative
+/// embeddings per video, `f32`) no allocation can hold, before drawing them would panic on the overflowing size.
+/// Sizes that fit but exceed the memory are left to the allocator.
+fn check_input_size(latents: [usize; 4], text: [usize; 2], batch: usize) -> Result<(), String> {
+    let product = |dims: &[usize]| dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    let bytes = product(&latents)
+        .zip(product(&text).and_then(|t| t.checked_mul(2)))
+        .and_then(|(l, t)| l.checked_add(t))
+        .and_then(|per_video| per_video.checked_mul(batch)?.checked_mul(std::mem::size_of::<f32>()));
+    match bytes {
+        Some(b) if b <= isize::MAX as usize => Ok(()),
+        _ => {
+            let [a, b, c, d] = latents;
+            Err(format!(
+                "--batch {batch} of {a}x{b}x{c}x{d} latents: the inputs do not fit in any allocation (lower the latent size or --batch)"
+            ))
+        }
+    }
+}
+
+/// The per-video shapes of a model's bench inputs (as [`BenchModel::bench_inputs`] draws them): latents and
+/// prompt embeddings.
+fn input_shapes(model: &VideoModel<Backend>) -> ([usize; 4], [usize; 2]) {
+    match model {
+        VideoModel::CogVideoX { model, .. } => {
+            let c = &model.config;
+            ([c.latent_frames(), c.in_channels, c.sample_height, c.sample_width], [c.max_text_seq_length, c.text_embed_dim])
+        }
+        VideoModel::Latte(p) => {
+            let c = &p.transformer.config;
+            let s = c.sample_size;
+            ([c.in_channels(), c.video_length, s, s], [benches::video_model::LATTE_BENCH_TEXT_TOKENS, c.caption_channels()])
+        }
+    }
+}
+
 /// A model directory: a diffusers model directory, or a pipeline directory with `transformer/` (and, for the
 /// trained model, `attribute_embeddings.safetensors`). `shapes` is the trained model of this repository.
 fn model_dir(name: &str) -> Option<PathBuf> {
@@ -371,7 +475,7 @@ fn prompt_embeds(name: &str, model: &VideoModel<Backend>, prompts: &[String]) ->
     if !dir.join("attribute_embeddings.safetensors").exists() {
         return Ok(None);
     }
-    let p = benches::shapes::Prompts::load(&dir, model.config.max_text_seq_length)?;
+    let p = benches::shapes::Prompts::load(&dir, model.config.max_text_seq_length).map_err(|e| format!("--model {name}: {e}"))?;
     let embedded = prompts.iter().map(|q| p.embed(q)).collect::<Result<Vec<_>, _>>()?;
     let negative = vec![p.negative(); prompts.len()];
     let stack = |parts| benches::video_model::rows(parts).ok_or("--prompt: at least one prompt");
@@ -400,7 +504,10 @@ fn load_model(
         Preset::CogVideoX(cfg) => {
             let cfg = match latent_size {
                 Some([f, h, w]) => {
-                    let sample_frames = (f - 1) * cfg.temporal_compression_ratio + 1;
+                    let sample_frames = (f - 1)
+                        .checked_mul(cfg.temporal_compression_ratio)
+                        .and_then(|n| n.checked_add(1))
+                        .ok_or_else(|| format!("--latent-size: {f} latent frames are more video frames than a number holds"))?;
                     CogVideoXConfig { sample_frames, sample_height: h, sample_width: w, ..cfg }
                 }
                 None => cfg,
@@ -437,6 +544,10 @@ fn bench(a: BenchArgs) -> Result<ExitCode, String> {
     let device = backend::device();
     if a.repeats == 0 {
         return Err("--repeats must be at least 1".into());
+    }
+    if !a.strategies.is_empty() {
+        // Only the default table's MagCache, TeaCache and preset rows come from a calibration.
+        a.calibration.refuse("--strategy files replace the default table and are run as written")?;
     }
     let (mut model, weights, opts) = a.run.load(a.repeats)?;
     // Refuse inputs the prompts cannot make before anything is calibrated.
@@ -518,7 +629,7 @@ struct SampleArgs {
     strategy: String,
     #[command(flatten)]
     calibration: CalibrationArgs,
-    /// Pixels per latent pixel.
+    /// Pixels per latent pixel, at least 1.
     #[arg(long, default_value_t = 8)]
     scale: usize,
     /// The PNG to write: per video, the uncached clip's frames on one row and the strategy's on the next.
@@ -528,8 +639,15 @@ struct SampleArgs {
 
 fn sample(a: SampleArgs) -> Result<ExitCode, String> {
     let device = backend::device();
+    if a.scale == 0 {
+        return Err("--scale must be at least 1".into());
+    }
+    let preset = a.strategy.parse::<cache_engines::Preset>();
+    if preset.is_err() {
+        a.calibration.refuse(&format!("--strategy {} is a config file (not quality, balanced or speed), run as written", a.strategy))?;
+    }
     let (mut model, _, opts) = a.run.load(1)?;
-    let config = match a.strategy.parse::<cache_engines::Preset>() {
+    let config = match preset {
         Ok(p) if a.calibration.uncalibrated => {
             let preset = CacheConfig::preset(p, &model.host_info());
             eprintln!("warning: preset {} is uncalibrated: a fixed parameter set, no quality level on this model", p.name());
@@ -537,10 +655,11 @@ fn sample(a: SampleArgs) -> Result<ExitCode, String> {
         }
         Ok(p) => {
             let cal = a.calibration.load(&a.run, &mut model, &opts)?;
-            let preset = cal.preset(p, model.class_name(), &model.host_info(), opts.steps).map_err(|e| e.to_string())?;
+            let preset = cal.preset(p, model.class_name(), &model.host_info(), opts.steps, opts.guidance).map_err(|e| e.to_string())?;
             preset.config().clone()
         }
-        Err(_) => CacheConfig::from_file(std::path::Path::new(&a.strategy)).map_err(|e| e.to_string())?,
+        Err(_) => CacheConfig::from_file(std::path::Path::new(&a.strategy))
+            .map_err(|e| format!("--strategy {}: not a preset (quality, balanced, speed) nor a config file: {e}", a.strategy))?,
     };
     config.check_steps(opts.steps).map_err(|e| e.to_string())?;
     let input = model.bench_inputs(&opts, &device)?;
@@ -559,7 +678,7 @@ fn sample(a: SampleArgs) -> Result<ExitCode, String> {
     }
     // Per video: the uncached clip's row, then the strategy's.
     let strip_rows: Vec<&[f32]> = plain.iter().zip(&cached).flat_map(|(p, q)| [p.as_slice(), q.as_slice()]).collect();
-    let (width, height, rgb) = benches::png::strip(&strip_rows, f, c, h, w, a.scale.max(1));
+    let (width, height, rgb) = benches::png::strip(&strip_rows, f, c, h, w, a.scale);
     std::fs::write(&a.out, benches::png::encode_rgb(width, height, &rgb)).map_err(|e| format!("{}: {e}", a.out.display()))?;
     let (plain, cached) = (plain.concat(), cached.concat());
     println!(
@@ -602,7 +721,7 @@ fn preset(name: &str) -> Result<Preset, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Parity { cases } => parity(&cases),
+        Command::Parity { cases, max_rel_l2 } => parity(&cases, max_rel_l2),
         Command::Forward { preset: p, batch, repeats, seed, profile, generic_ops } => {
             models::ops::set_cpu_fast_path(!generic_ops);
             forward(&p, batch, repeats, seed, profile)
@@ -622,11 +741,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn parity(args: &[PathBuf]) -> Result<ExitCode, String> {
+fn parity(args: &[PathBuf], max_rel_l2: Option<f64>) -> Result<ExitCode, String> {
+    if let Some(m) = max_rel_l2.filter(|m| !(*m >= 0.0 && m.is_finite())) {
+        return Err(format!("--max-rel-l2 must be a finite number of at least 0, got {m}"));
+    }
     let device = backend::device();
     let (mut passed, mut failed) = (0, 0);
     for dir in expand_case_dirs(args) {
-        let report = run_case::<Backend>(&dir, &device);
+        let report = run_case_within::<Backend>(&dir, &device, max_rel_l2);
         if report.pass {
             passed += 1;
         } else {
@@ -636,18 +758,28 @@ fn parity(args: &[PathBuf]) -> Result<ExitCode, String> {
     }
     // On stderr: stdout stays one JSON object per line.
     let floor = backend::TOLERANCE_FLOOR;
-    let note = if floor > 0.0 { format!(" (tolerances below {floor:e}, this backend's precision floor, raised to it)") } else { String::new() };
+    let mut note = if floor > 0.0 { format!(" (tolerances below {floor:e}, this backend's precision floor, raised to it)") } else { String::new() };
+    if let Some(m) = max_rel_l2 {
+        note.push_str(&format!(" (every case held to rel_l2 ≤ {m:e})"));
+    }
     eprintln!("parity on {}: {passed} passed, {failed} failed{note}", backend::NAME);
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn forward(p: &str, batch: usize, repeats: usize, seed: u64, profile: bool) -> Result<ExitCode, String> {
+    if repeats == 0 {
+        return Err("--repeats must be at least 1".into());
+    }
+    if batch == 0 {
+        return Err("--batch must be at least 1".into());
+    }
     let Preset::CogVideoX(cfg) = preset(p)? else { return Err("forward times the CogVideoX presets (s, 2b, 5b)".into()) };
+    let frames = cfg.latent_frames();
+    let (h, w) = (cfg.sample_height, cfg.sample_width);
+    check_input_size([frames, cfg.in_channels, h, w], [cfg.max_text_seq_length, cfg.text_embed_dim], batch)?;
     let device = backend::device();
     let model = CogVideoXTransformer3DModel::<Backend>::load(&cfg, &mut WeightSource::random(seed), &device)
         .map_err(|e| e.to_string())?;
-    let frames = cfg.latent_frames();
-    let (h, w) = (cfg.sample_height, cfg.sample_width);
     let positions = model.positions(frames, h, w, &device).map_err(|e| e.to_string())?;
     let hidden = Tensor::<Backend, 5>::random([batch, frames, cfg.in_channels, h, w], Distribution::Normal(0.0, 1.0), &device);
     let text = Tensor::<Backend, 3>::random(
