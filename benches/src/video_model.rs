@@ -16,6 +16,10 @@ pub trait BenchModel<B: ModelBackend> {
     /// The work model at the model's sample size (bench inputs).
     fn work_model(&self) -> WorkModel;
 
+    /// The shapes of one video's bench inputs: latents (`[1, F, C, H, W]` CogVideoX, `[1, C, F, H, W]` Latte) and
+    /// prompt embeddings (`[1, S, D]`), at the model's sample size.
+    fn input_shapes(&self) -> ([usize; 5], [usize; 3]);
+
     /// What a bench generation starts from: `opts.batch` videos at the model's sample size, each with latents
     /// drawn from its own seed ([`video_seed`]), spread evenly over the given prompts (`[k, S, D]` (prompt,
     /// negative) embeddings; `batch / k` videos each, adjacent) or, without them, one prompt drawn per video.
@@ -49,9 +53,8 @@ impl<B: ModelBackend> BenchModel<B> for VideoModel<B> {
         }
     }
 
-    fn bench_inputs(&self, opts: &BenchOptions, device: &B::Device) -> Result<DenoiseInput<B>, String> {
-        let seed = opts.seed;
-        let (latents, text) = match self {
+    fn input_shapes(&self) -> ([usize; 5], [usize; 3]) {
+        match self {
             VideoModel::CogVideoX { model, .. } => {
                 let c = &model.config;
                 let frames = c.latent_frames();
@@ -62,7 +65,12 @@ impl<B: ModelBackend> BenchModel<B> for VideoModel<B> {
                 let s = c.sample_size;
                 ([1, c.in_channels(), c.video_length, s, s], [1, LATTE_BENCH_TEXT_TOKENS, c.caption_channels()])
             }
-        };
+        }
+    }
+
+    fn bench_inputs(&self, opts: &BenchOptions, device: &B::Device) -> Result<DenoiseInput<B>, String> {
+        let seed = opts.seed;
+        let (latents, text) = self.input_shapes();
         let videos = opts.batch;
         if videos == 0 {
             return Err("a batch needs at least one video".into());

@@ -94,16 +94,25 @@ impl CogVideoXDDIMSchedulerConfig {
 /// class is [`ModelError::Unsupported`] (both CogVideoX classes take the same fields, so it would parse and
 /// run as the wrong scheduler); one without `_class_name` is taken as the caller says.
 pub(crate) fn read_config_of<T: serde::de::DeserializeOwned>(path: &Path, class: &str) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
-    let parse = |e: serde_json::Error| ModelError::Parse { path: path.to_owned(), reason: e.to_string() };
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(parse)?;
+    let json = read_json(path)?;
     match json.get("_class_name") {
         Some(found) if found.as_str() != Some(class) => Err(ModelError::Unsupported(format!(
             "{}: `_class_name` is {found}, not {class:?} (CogVideoXScheduler::from_json_file reads either CogVideoX class)",
             path.display()
         ))),
-        _ => serde_json::from_value(json).map_err(parse),
+        _ => config_from(path, json),
     }
+}
+
+/// A `scheduler_config.json` as JSON, to look at its `_class_name` before choosing the type to read it as.
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
+    serde_json::from_str(&text).map_err(|e| ModelError::Parse { path: path.to_owned(), reason: e.to_string() })
+}
+
+/// `json` (read from `path`) as a configuration.
+fn config_from<T: serde::de::DeserializeOwned>(path: &Path, json: serde_json::Value) -> Result<T> {
+    serde_json::from_value(json).map_err(|e| ModelError::Parse { path: path.to_owned(), reason: e.to_string() })
 }
 
 /// What the model predicts (`prediction_type`), validated once.
@@ -277,6 +286,22 @@ impl CogVideoXDDIMScheduler {
         Ok(self.alphas_cumprod[t as usize])
     }
 
+    /// `pred_original_sample` (`x₀`) from the model's output at a timestep whose cumulative alpha is `a_t`, by
+    /// the prediction type (both CogVideoX schedulers' `step` compute it so).
+    pub(crate) fn pred_original_sample<B: Backend, const D: usize>(
+        &self,
+        model_output: Tensor<B, D>,
+        a_t: f64,
+        sample: Tensor<B, D>,
+    ) -> Tensor<B, D> {
+        let (sa, sb) = (a_t.sqrt() as f32, (1.0 - a_t).sqrt() as f32);
+        match self.prediction {
+            Prediction::Epsilon => (sample - model_output * sb) / sa,
+            Prediction::Sample => model_output,
+            Prediction::V => sample * sa - model_output * sb,
+        }
+    }
+
     /// One DDIM step (eta 0) from `t` to `t - num_train_timesteps / num_inference_steps`, as diffusers
     /// computes it (not to the next scheduled timestep).
     pub fn step<B: Backend, const D: usize>(
@@ -286,14 +311,7 @@ impl CogVideoXDDIMScheduler {
         sample: Tensor<B, D>,
     ) -> Result<Tensor<B, D>> {
         let (a_t, a_prev) = self.alpha_pair(t)?;
-        let beta_t = 1.0 - a_t;
-        let x0 = match self.prediction {
-            Prediction::Epsilon => {
-                (sample.clone() - model_output * (beta_t.sqrt() as f32)) / (a_t.sqrt() as f32)
-            }
-            Prediction::Sample => model_output,
-            Prediction::V => sample.clone() * (a_t.sqrt() as f32) - model_output * (beta_t.sqrt() as f32),
-        };
+        let x0 = self.pred_original_sample(model_output, a_t, sample.clone());
         let coef_a = ((1.0 - a_prev) / (1.0 - a_t)).sqrt();
         let coef_b = a_prev.sqrt() - a_t.sqrt() * coef_a;
         Ok(sample * (coef_a as f32) + x0 * (coef_b as f32))
@@ -318,10 +336,7 @@ impl CogVideoXScheduler {
     /// [`ModelError::InvalidConfig`]: both classes take the same fields, so nothing else in the file tells
     /// which one it configures.
     pub fn from_json_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
-        let parse = |e: serde_json::Error| ModelError::Parse { path: path.to_owned(), reason: e.to_string() };
-        let json: serde_json::Value = serde_json::from_str(&text).map_err(parse)?;
+        let json = read_json(path)?;
         let supported = SUPPORTED_SCHEDULERS.join(", ");
         match json.get("_class_name") {
             None => Err(ModelError::InvalidConfig(format!(
@@ -329,10 +344,10 @@ impl CogVideoXScheduler {
                 path.display()
             ))),
             Some(serde_json::Value::String(class)) if class == "CogVideoXDDIMScheduler" => {
-                Ok(Self::Ddim(CogVideoXDDIMScheduler::new(serde_json::from_value(json).map_err(parse)?)?))
+                Ok(Self::Ddim(CogVideoXDDIMScheduler::new(config_from(path, json)?)?))
             }
             Some(serde_json::Value::String(class)) if class == "CogVideoXDPMScheduler" => {
-                Ok(Self::Dpm(CogVideoXDPMScheduler::new(serde_json::from_value(json).map_err(parse)?)?))
+                Ok(Self::Dpm(CogVideoXDPMScheduler::new(config_from(path, json)?)?))
             }
             Some(other) => Err(ModelError::Unsupported(format!(
                 "{}: scheduler {} (CogVideoXPipeline supports {supported})",

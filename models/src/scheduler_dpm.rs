@@ -28,7 +28,7 @@ use burn::tensor::{backend::Backend, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
-use crate::scheduler::{read_config_of, CogVideoXDDIMScheduler, CogVideoXDDIMSchedulerConfig, Prediction};
+use crate::scheduler::{read_config_of, CogVideoXDDIMScheduler, CogVideoXDDIMSchedulerConfig};
 
 /// `scheduler_config.json` of `CogVideoXDPMScheduler`: diffusers gives both CogVideoX classes the same fields
 /// and defaults (`CogVideoXDPMScheduler.from_config(ddim.config)` is how a pipeline switches), so this is
@@ -190,13 +190,7 @@ impl CogVideoXDPMScheduler {
         }
         let (a_t, a_prev) = self.schedule.alpha_pair(t)?;
         let a_back = timestep_back.map(|tb| self.schedule.alpha_at(tb)).transpose()?;
-        let beta_t = 1.0 - a_t;
-        let (sa, sb) = (a_t.sqrt() as f32, beta_t.sqrt() as f32);
-        let x0 = match self.schedule.prediction() {
-            Prediction::Epsilon => (sample.clone() - model_output * sb) / sa,
-            Prediction::Sample => model_output,
-            Prediction::V => sample.clone() * sa - model_output * sb,
-        };
+        let x0 = self.schedule.pred_original_sample(model_output, a_t, sample.clone());
         let m = mults(a_t, a_prev, a_back);
         let denoised = match old_pred_original_sample {
             Some(old) if self.is_second_order(t, true) => {

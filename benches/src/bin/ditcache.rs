@@ -135,7 +135,7 @@ impl RunArgs {
         self.check()?;
         let device = backend::device();
         let (model, weights) = load_model(&self.model, self.weight_seed(), self.latent_size, &device)?;
-        let (latents, text) = input_shapes(&model);
+        let (latents, text) = model.input_shapes();
         check_input_size(latents, text, self.batch)?;
         let prompt = prompt_embeds(&self.model, &model, &self.prompt)?;
         if prompt.is_none() && !self.default_prompt() {
@@ -423,10 +423,10 @@ fn toml_string(cfg: &CacheConfig) -> Result<String, String> {
     cache_core::to_toml(cfg)
 }
 
-/// Refuses a batch whose inputs (latents `[C, F, H, W]` or `[F, C, H, W]` and `[S, D]` prompt and negative
-/// embeddings per video, `f32`) no allocation can hold, before drawing them would panic on the overflowing size.
-/// Sizes that fit but exceed the memory are left to the allocator.
-fn check_input_size(latents: [usize; 4], text: [usize; 2], batch: usize) -> Result<(), String> {
+/// Refuses a batch whose inputs (one video's latents `[1, C, F, H, W]` or `[1, F, C, H, W]` and `[1, S, D]`
+/// prompt and negative embeddings, `f32`; [`BenchModel::input_shapes`]) no allocation can hold, before drawing
+/// them would panic on the overflowing size. Sizes that fit but exceed the memory are left to the allocator.
+fn check_input_size(latents: [usize; 5], text: [usize; 3], batch: usize) -> Result<(), String> {
     let product = |dims: &[usize]| dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
     let bytes = product(&latents)
         .zip(product(&text).and_then(|t| t.checked_mul(2)))
@@ -435,26 +435,10 @@ fn check_input_size(latents: [usize; 4], text: [usize; 2], batch: usize) -> Resu
     match bytes {
         Some(b) if b <= isize::MAX as usize => Ok(()),
         _ => {
-            let [a, b, c, d] = latents;
+            let [_, a, b, c, d] = latents;
             Err(format!(
                 "--batch {batch} of {a}x{b}x{c}x{d} latents: the inputs do not fit in any allocation (lower the latent size or --batch)"
             ))
-        }
-    }
-}
-
-/// The per-video shapes of a model's bench inputs (as [`BenchModel::bench_inputs`] draws them): latents and
-/// prompt embeddings.
-fn input_shapes(model: &VideoModel<Backend>) -> ([usize; 4], [usize; 2]) {
-    match model {
-        VideoModel::CogVideoX { model, .. } => {
-            let c = &model.config;
-            ([c.latent_frames(), c.in_channels, c.sample_height, c.sample_width], [c.max_text_seq_length, c.text_embed_dim])
-        }
-        VideoModel::Latte(p) => {
-            let c = &p.transformer.config;
-            let s = c.sample_size;
-            ([c.in_channels(), c.video_length, s, s], [benches::video_model::LATTE_BENCH_TEXT_TOKENS, c.caption_channels()])
         }
     }
 }
@@ -776,7 +760,7 @@ fn forward(p: &str, batch: usize, repeats: usize, seed: u64, profile: bool) -> R
     let Preset::CogVideoX(cfg) = preset(p)? else { return Err("forward times the CogVideoX presets (s, 2b, 5b)".into()) };
     let frames = cfg.latent_frames();
     let (h, w) = (cfg.sample_height, cfg.sample_width);
-    check_input_size([frames, cfg.in_channels, h, w], [cfg.max_text_seq_length, cfg.text_embed_dim], batch)?;
+    check_input_size([1, frames, cfg.in_channels, h, w], [1, cfg.max_text_seq_length, cfg.text_embed_dim], batch)?;
     let device = backend::device();
     let model = CogVideoXTransformer3DModel::<Backend>::load(&cfg, &mut WeightSource::random(seed), &device)
         .map_err(|e| e.to_string())?;
