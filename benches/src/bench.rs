@@ -267,7 +267,7 @@ pub fn run<B: ModelBackend>(
         let speedup = base_time / time;
         // The trace's `attention` map also holds the other module sites (feed-forwards) a TaylorSeer hooks.
         let count = |attention: bool| {
-            let entries = stats.steps.iter().flat_map(|s| s.attention.iter());
+            let entries = stats.entries().flat_map(|s| s.attention.iter());
             entries.filter(|(n, _)| kinds.contains_key(n.as_str()) == attention).fold((0, 0), |(c, r), (_, d)| match d {
                 Decision::Compute => (c + 1, r),
                 Decision::Skip => (c, r + 1),

@@ -4,6 +4,7 @@ pub mod backend;
 pub mod bench;
 pub mod calibrate;
 pub mod parity;
+mod parity_flux;
 pub mod png;
 pub mod shapes;
 pub mod tune;

@@ -22,6 +22,18 @@ pub struct CaseSpec {
     pub num_inference_steps: Option<usize>,
     /// Denoise only.
     pub guidance_scale: Option<f64>,
+    /// `"flux"` or `"wan"` (`parity-cases-flux-wan.md`); absent for CogVideoX and Latte.
+    #[serde(default)]
+    pub family: Option<String>,
+    /// FLUX: true classifier-free guidance scale (> 1 with negative embeddings).
+    #[serde(default)]
+    pub true_cfg_scale: Option<f64>,
+    /// FLUX / Wan: image height in pixels, as passed to the pipeline.
+    #[serde(default)]
+    pub height: Option<usize>,
+    /// FLUX / Wan: image width in pixels.
+    #[serde(default)]
+    pub width: Option<usize>,
     /// Denoise only: videos per prompt (`latents` has `prompts × this` rows); absent means 1.
     #[serde(default)]
     pub num_videos_per_prompt: Option<usize>,
@@ -161,9 +173,24 @@ struct Outcome {
     decisions_diff: Option<Option<String>>,
 }
 
+/// A denoise case's error and, for a case with `trace.json`, where the decisions differ.
+pub(crate) type Measured = (f64, Option<Option<String>>);
+
 fn try_run_case<B: ModelBackend>(dir: &Path, device: &B::Device) -> Result<Outcome, String> {
     let spec = read_spec(dir)?;
     let tolerance = spec.tolerance.rel_l2;
+    match spec.family.as_deref() {
+        None => {}
+        Some("flux") => {
+            let (rel_l2, decisions_diff) = match spec.kind.as_str() {
+                "forward" => (crate::parity_flux::run_forward::<B>(dir, device)?, None),
+                "denoise" => crate::parity_flux::run_denoise::<B>(dir, &spec, device)?,
+                other => return Err(format!("unknown case kind {other:?}")),
+            };
+            return Ok(Outcome { kind: spec.kind, rel_l2, tolerance, decisions_diff });
+        }
+        Some(other) => return Err(format!("case family {other:?} is not supported (supported: flux, or none for CogVideoX/Latte)")),
+    }
     match spec.kind.as_str() {
         "forward" => {
             let tensors = read_safetensors(&dir.join("case.safetensors")).map_err(|e| e.to_string())?;
@@ -179,12 +206,12 @@ fn try_run_case<B: ModelBackend>(dir: &Path, device: &B::Device) -> Result<Outco
     }
 }
 
-fn take<'a>(tensors: &'a BTreeMap<String, HostTensor>, name: &str) -> Result<&'a HostTensor, String> {
+pub(crate) fn take<'a>(tensors: &'a BTreeMap<String, HostTensor>, name: &str) -> Result<&'a HostTensor, String> {
     tensors.get(name).ok_or_else(|| format!("case.safetensors has no `{name}`"))
 }
 
 /// The case tensor `name` as a `D`-D tensor; another rank is the case's error, not a panic.
-fn tensor<B: ModelBackend, const D: usize>(
+pub(crate) fn tensor<B: ModelBackend, const D: usize>(
     tensors: &BTreeMap<String, HostTensor>,
     name: &str,
     device: &B::Device,
@@ -278,16 +305,20 @@ fn load_denoise_spec<B: ModelBackend>(dir: &Path, spec: &CaseSpec, device: &B::D
         guidance_scale: guidance,
     };
     let expected = take(&tensors, "final_latents")?.clone();
-    let trace_path = dir.join("trace.json");
-    let trace = if trace_path.exists() {
-        let text = std::fs::read_to_string(&trace_path).map_err(|e| format!("{}: {e}", trace_path.display()))?;
-        let t: TraceFile = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", trace_path.display()))?;
-        Some(t.steps)
-    } else {
-        None
-    };
+    let trace = read_trace(dir)?;
     let step_noise = recorded_noise::<B>(&tensors, steps, device)?;
     Ok(DenoiseCase { model, input, cache, expected, trace, step_noise })
+}
+
+/// The steps of `trace.json`, when the case has one.
+pub(crate) fn read_trace(dir: &Path) -> Result<Option<Vec<StepTrace>>, String> {
+    let trace_path = dir.join("trace.json");
+    if !trace_path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&trace_path).map_err(|e| format!("{}: {e}", trace_path.display()))?;
+    let t: TraceFile = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", trace_path.display()))?;
+    Ok(Some(t.steps))
 }
 
 /// `step_noise.0` … `step_noise.{steps-1}` when the case records them (all or none).
@@ -355,12 +386,24 @@ pub fn decisions_diff(reference: &[StepTrace], ours: &[StepTrace]) -> Option<Str
         if r.step != o.step || r.timestep != o.timestep {
             return Some(format!("{at}: ours is step {} at timestep {}", o.step, o.timestep));
         }
-        if r.blocks != o.blocks {
-            return Some(format!("{at}: blocks {:?}, reference {:?}", o.blocks, r.blocks));
-        }
-        if r.uncond != o.uncond {
-            return Some(format!("{at}: uncond {:?}, reference {:?}", o.uncond, r.uncond));
-        }
-        (r.attention != o.attention).then(|| format!("{at}: attention {:?}, reference {:?}", o.attention, r.attention))
+        entry_diff(r, o).map(|d| format!("{at}: {d}"))
     })
+}
+
+/// Where one step entry's decisions differ (the cache contexts' entries included, by name).
+fn entry_diff(r: &StepTrace, o: &StepTrace) -> Option<String> {
+    if r.blocks != o.blocks {
+        return Some(format!("blocks {:?}, reference {:?}", o.blocks, r.blocks));
+    }
+    if r.uncond != o.uncond {
+        return Some(format!("uncond {:?}, reference {:?}", o.uncond, r.uncond));
+    }
+    if r.attention != o.attention {
+        return Some(format!("attention {:?}, reference {:?}", o.attention, r.attention));
+    }
+    let (rk, ok): (Vec<_>, Vec<_>) = (r.contexts.keys().collect(), o.contexts.keys().collect());
+    if rk != ok {
+        return Some(format!("cache contexts {ok:?}, reference {rk:?}"));
+    }
+    r.contexts.iter().find_map(|(name, rc)| entry_diff(rc, &o.contexts[name]).map(|d| format!("context `{name}`: {d}")))
 }

@@ -189,7 +189,7 @@ fn separate_cfg_passes_keep_separate_state() {
             }
         }
         let stats = shared.stats();
-        let skipped = stats.blocks().reused + stats.steps.iter().flat_map(|s| s.attention.values()).filter(|d| **d == Decision::Skip).count();
+        let skipped = stats.blocks().reused + stats.entries().flat_map(|s| s.attention.values()).filter(|d| **d == Decision::Skip).count();
         assert!(skipped > 0, "{name}: the scenario must exercise skipping");
     }
 }

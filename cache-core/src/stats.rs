@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::context::AttentionKind;
+use crate::context::{AttentionKind, Branch, CallContext};
 
 /// A decision at one hook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,25 +18,114 @@ pub enum Decision {
 }
 
 /// The decisions of one step (`trace.json`'s entry); only the keys a strategy decides are present.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+///
+/// A pipeline that runs the guidance branches as separate calls (FLUX, Wan: diffusers' cache contexts
+/// `cond` / `uncond`) gets one nested entry per context in [`StepTrace::contexts`], serialised as
+/// `"cond": {...}, "uncond": {...}` (`parity-cases-flux-wan.md`); a batched call records at the top level.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct StepTrace {
     /// Step index.
     pub step: usize,
     /// The scheduler's timestep.
     pub timestep: f64,
     /// The block stack: First Block Cache's tail, or MagCache's whole stack.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub blocks: Option<Decision>,
     /// Whether a skipped `blocks` step skipped the whole stack (MagCache) rather than all blocks but the first
     /// (FBC); for the ideal speedup, not part of the trace format.
-    #[serde(skip)]
     pub whole_stack: bool,
-    /// Per attention site (`transformer_blocks.0.attn1`).
-    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    /// Per attention site (`transformer_blocks.0.attn1`), and per module a module-level engine hooks
+    /// (TaylorSeer; a context object's `"modules"` key is read into this map too).
     pub attention: BTreeMap<String, Decision>,
     /// FasterCache: the unconditional branch.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub uncond: Option<Decision>,
+    /// Per cache context (`cond`, `uncond`) of a pipeline that calls the model once per branch.
+    pub contexts: BTreeMap<String, StepTrace>,
+}
+
+impl StepTrace {
+    /// This entry and its per-context entries: every place a decision of the step is recorded.
+    pub fn entries(&self) -> impl Iterator<Item = &StepTrace> {
+        std::iter::once(self).chain(self.contexts.values())
+    }
+}
+
+impl Serialize for StepTrace {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.fields(true))
+    }
+}
+
+impl StepTrace {
+    /// The keys of the entry in `trace.json`'s order (a context object has no `step` / `timestep`).
+    fn fields(&self, top: bool) -> Vec<(String, serde_json::Value)> {
+        let mut m: Vec<(String, serde_json::Value)> = Vec::new();
+        if top {
+            m.push(("step".into(), self.step.into()));
+            m.push(("timestep".into(), self.timestep.into()));
+        }
+        let d = |d: Decision| serde_json::Value::String(match d {
+            Decision::Compute => "compute".into(),
+            Decision::Skip => "skip".into(),
+        });
+        if let Some(b) = self.blocks {
+            m.push(("blocks".into(), d(b)));
+        }
+        if !self.attention.is_empty() {
+            let a = self.attention.iter().map(|(k, v)| (k.clone(), d(*v))).collect();
+            m.push(("attention".into(), serde_json::Value::Object(a)));
+        }
+        if let Some(u) = self.uncond {
+            m.push(("uncond".into(), d(u)));
+        }
+        for (name, c) in &self.contexts {
+            m.push((name.clone(), serde_json::Value::Object(c.fields(false).into_iter().collect())));
+        }
+        m
+    }
+
+    fn from_raw(raw: RawStep, step: usize, timestep: f64) -> Result<Self, String> {
+        let mut attention = raw.attention;
+        attention.extend(raw.modules);
+        let mut out = StepTrace { step, timestep, blocks: raw.blocks, attention, ..Default::default() };
+        for (key, value) in raw.rest {
+            match value {
+                serde_json::Value::String(_) if key == "uncond" => {
+                    out.uncond = Some(serde_json::from_value(value).map_err(|e| format!("`uncond`: {e}"))?);
+                }
+                serde_json::Value::Object(_) => {
+                    let raw: RawStep = serde_json::from_value(value).map_err(|e| format!("context `{key}`: {e}"))?;
+                    out.contexts.insert(key, StepTrace::from_raw(raw, step, timestep)?);
+                }
+                other => return Err(format!("unknown trace key `{key}` = {other}")),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A `trace.json` step or context object as written, before the context objects are told apart.
+#[derive(Deserialize)]
+struct RawStep {
+    #[serde(default)]
+    step: usize,
+    #[serde(default)]
+    timestep: f64,
+    #[serde(default)]
+    blocks: Option<Decision>,
+    #[serde(default)]
+    attention: BTreeMap<String, Decision>,
+    #[serde(default)]
+    modules: BTreeMap<String, Decision>,
+    #[serde(flatten)]
+    rest: BTreeMap<String, serde_json::Value>,
+}
+
+impl<'de> Deserialize<'de> for StepTrace {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = RawStep::deserialize(deserializer)?;
+        let (step, timestep) = (raw.step, raw.timestep);
+        StepTrace::from_raw(raw, step, timestep).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Computed vs reused.
@@ -87,34 +176,38 @@ impl CacheStats {
         &mut self.steps[i]
     }
 
+    /// Where a decision of the call `ctx` is recorded: the step's entry for a batched or unguided call, its
+    /// entry for the cache context (`cond`, `uncond`) of a call that runs one guidance branch alone.
+    pub fn at(&mut self, ctx: &CallContext) -> &mut StepTrace {
+        let (step, timestep) = (ctx.step.step, ctx.step.timestep);
+        let entry = self.step_mut(step, timestep);
+        match ctx.branch {
+            Branch::Cond | Branch::Uncond => entry
+                .contexts
+                .entry(ctx.branch.context_name().to_string())
+                .or_insert_with(|| StepTrace { step, timestep, ..Default::default() }),
+            Branch::Cfg(_) | Branch::Unguided => entry,
+        }
+    }
+
     /// Merges another strategy's statistics of the same generation (a stack's members).
     pub fn merge(&mut self, other: &CacheStats) {
         for s in &other.steps {
-            let e = self.step_mut(s.step, s.timestep);
-            e.blocks = e.blocks.or(s.blocks);
-            e.whole_stack |= s.whole_stack;
-            e.uncond = e.uncond.or(s.uncond);
-            // In a stack the first member that reuses decides, so a site was skipped if any member skipped it.
-            for (k, v) in &s.attention {
-                let d = e.attention.entry(k.clone()).or_insert(*v);
-                if *v == Decision::Skip {
-                    *d = Decision::Skip;
-                }
-            }
+            merge_entry(self.step_mut(s.step, s.timestep), s);
         }
     }
 
     /// Tail blocks computed vs skipped.
     pub fn blocks(&self) -> Counts {
         let mut c = Counts::default();
-        self.steps.iter().filter_map(|s| s.blocks).for_each(|d| c.add(d));
+        self.steps.iter().flat_map(StepTrace::entries).filter_map(|s| s.blocks).for_each(|d| c.add(d));
         c
     }
 
     /// Unconditional branch computed vs approximated.
     pub fn uncond(&self) -> Counts {
         let mut c = Counts::default();
-        self.steps.iter().filter_map(|s| s.uncond).for_each(|d| c.add(d));
+        self.steps.iter().flat_map(StepTrace::entries).filter_map(|s| s.uncond).for_each(|d| c.add(d));
         c
     }
 
@@ -122,7 +215,7 @@ impl CacheStats {
     /// site that is not attention (a feed-forward a TaylorSeer predicted), which is left out.
     pub fn attention_by_kind(&self, kind_of: impl Fn(&str) -> Option<AttentionKind>) -> BTreeMap<String, Counts> {
         let mut out: BTreeMap<String, Counts> = BTreeMap::new();
-        for s in &self.steps {
+        for s in self.steps.iter().flat_map(StepTrace::entries) {
             for (site, d) in &s.attention {
                 let Some(kind) = kind_of(site) else { continue };
                 let kind = format!("{kind:?}").to_lowercase();
@@ -145,21 +238,11 @@ impl CacheStats {
                 done += full;
                 continue;
             };
-            let blocks = match s.blocks {
-                Some(Decision::Skip) if s.whole_stack => 0.0,
-                Some(Decision::Skip) => 1.0,
-                _ => full,
+            // A step run as one call per guidance branch costs the mean of its contexts (each a half).
+            done += match s.contexts.is_empty() {
+                true => entry_units(s, work),
+                false => s.contexts.values().map(|c| entry_units(c, work)).sum::<f64>() / s.contexts.len() as f64,
             };
-            // The trace's `attention` map names every hooked module; a feed-forward ends in `.ff`.
-            let reused: f64 = s
-                .attention
-                .iter()
-                .filter(|(_, d)| **d == Decision::Skip)
-                .map(|(name, _)| if name.ends_with(".ff") { work.ff_share } else { work.attention_share })
-                .sum();
-            let units = (blocks - reused).max(0.0);
-            let batch = if s.uncond == Some(Decision::Skip) { 0.5 } else { 1.0 };
-            done += units * batch;
         }
         if done == 0.0 {
             f64::INFINITY
@@ -168,10 +251,57 @@ impl CacheStats {
         }
     }
 
+    /// Every step entry, as a list (for iterating entries and their contexts: [`StepTrace::entries`]).
+    pub fn entries(&self) -> impl Iterator<Item = &StepTrace> {
+        self.steps.iter().flat_map(StepTrace::entries)
+    }
+
     /// The trace in `trace.json`'s shape: `{"steps": [...]}`.
     pub fn trace_json(&self) -> serde_json::Value {
         serde_json::json!({ "steps": self.steps })
     }
+}
+
+/// Merges one strategy's entry `s` into `e` (a stack's members, same step).
+fn merge_entry(e: &mut StepTrace, s: &StepTrace) {
+    e.blocks = e.blocks.or(s.blocks);
+    e.whole_stack |= s.whole_stack;
+    e.uncond = e.uncond.or(s.uncond);
+    // In a stack the first member that reuses decides, so a site was skipped if any member skipped it.
+    for (k, v) in &s.attention {
+        let d = e.attention.entry(k.clone()).or_insert(*v);
+        if *v == Decision::Skip {
+            *d = Decision::Skip;
+        }
+    }
+    for (name, c) in &s.contexts {
+        let into = e
+            .contexts
+            .entry(name.clone())
+            .or_insert_with(|| StepTrace { step: s.step, timestep: s.timestep, ..Default::default() });
+        merge_entry(into, c);
+    }
+}
+
+/// Block units one call of a step's entry did ([`CacheStats::ideal_speedup`]'s accounting).
+fn entry_units(s: &StepTrace, work: &WorkModel) -> f64 {
+    let full = work.num_blocks as f64;
+    let blocks = match s.blocks {
+        Some(Decision::Skip) if s.whole_stack => 0.0,
+        Some(Decision::Skip) => 1.0,
+        _ => full,
+    };
+    // The trace's `attention` map names every hooked module; a feed-forward ends in `.ff` (FLUX: also
+    // `.ff_context`, `.proj_mlp`, `.proj_out`, counted as feed-forward work).
+    let reused: f64 = s
+        .attention
+        .iter()
+        .filter(|(_, d)| **d == Decision::Skip)
+        .map(|(name, _)| if name.ends_with(".attn") || name.ends_with(".attn1") || name.ends_with(".attn2") { work.attention_share } else { work.ff_share })
+        .sum();
+    let units = (blocks - reused).max(0.0);
+    let batch = if s.uncond == Some(Decision::Skip) { 0.5 } else { 1.0 };
+    units * batch
 }
 
 #[cfg(test)]
@@ -196,6 +326,34 @@ mod tests {
         // A whole-stack skip (MagCache) saves the first block too: step 1 costs 0.
         s.step_mut(1, 900.0).whole_stack = true;
         assert!((s.ideal_speedup(&w, 2) - 8.0 / 3.25).abs() < 1e-12);
+    }
+
+    #[test]
+    fn per_context_traces_read_and_write_the_flux_wan_format() {
+        // parity-cases-flux-wan.md: one object per cache context; TaylorSeer's `modules` key.
+        let text = r#"{"step":2,"timestep":857.0,"cond":{"blocks":"skip"},"uncond":{"modules":{"blocks.1.ffn":"compute"}}}"#;
+        let t: StepTrace = serde_json::from_str(text).unwrap();
+        assert_eq!((t.step, t.timestep, t.blocks), (2, 857.0, None));
+        assert_eq!(t.contexts["cond"].blocks, Some(Decision::Skip));
+        assert_eq!(t.contexts["uncond"].attention["blocks.1.ffn"], Decision::Compute);
+        let back = serde_json::to_string(&t).unwrap();
+        assert_eq!(back, r#"{"step":2,"timestep":857.0,"cond":{"blocks":"skip"},"uncond":{"attention":{"blocks.1.ffn":"compute"}}}"#);
+        // FasterCache's `uncond` decision and a context named `uncond` are told apart by their JSON type.
+        let t: StepTrace = serde_json::from_str(r#"{"step":0,"timestep":999,"uncond":"skip"}"#).unwrap();
+        assert!(t.contexts.is_empty() && t.uncond == Some(Decision::Skip));
+        assert!(serde_json::from_str::<StepTrace>(r#"{"step":0,"timestep":1,"blocks":"maybe"}"#).is_err());
+        assert!(serde_json::from_str::<StepTrace>(r#"{"step":0,"timestep":1,"extra":3}"#).is_err());
+        // Recording by the call's branch: a `cond` call goes into its context, a batched one at the top.
+        let mut s = CacheStats::default();
+        let step = crate::StepContext { step: 0, num_steps: 2, timestep: 1000.0 };
+        s.at(&CallContext::new(step, Branch::Cond, 1)).blocks = Some(Decision::Compute);
+        s.at(&CallContext::new(step, Branch::Uncond, 1)).blocks = Some(Decision::Skip);
+        assert_eq!((s.blocks().computed, s.blocks().reused), (1, 1));
+        assert_eq!(s.steps[0].blocks, None);
+        // One call per branch: each context costs half of the step. 4 + 1 units of 8 on step 0, nothing saved
+        // on the missing step 1.
+        let w = WorkModel { num_blocks: 4, attention_share: 0.5, ff_share: 0.25 };
+        assert!((s.ideal_speedup(&w, 2) - 8.0 / (2.5 + 4.0)).abs() < 1e-12);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use burn::tensor::backend::Backend;
 pub use cache_core::{self, CacheStrategy, ConfigError, HostInfo, Identity, Stack};
 pub use cache_fastercache::{FasterCache, FasterCacheConfig, TensorFormat, WeightSchedule};
 pub use cache_fbc::{FbcDecision, FirstBlockCache, FirstBlockCacheConfig};
-pub use cache_magcache::{MagCache, MagCacheConfig};
+pub use cache_magcache::{MagCache, MagCacheConfig, FLUX_MAG_RATIOS};
 pub use cache_pab::{PyramidAttentionBroadcast, PyramidAttentionBroadcastConfig};
 pub use cache_taylorseer::{patterns_for_host as cache_taylorseer_patterns, FactorDtype, TaylorSeer, TaylorSeerCacheConfig};
 pub use cache_magcache::schedule as magcache_schedule;

@@ -183,6 +183,17 @@ impl FasterCacheConfig {
     /// [`FasterCacheConfig::validate`], then that `tensor_format` is the layout `host` produces and that every
     /// range set has a site of `host` to act on.
     pub fn check_host(&self, host: &HostInfo) -> Result<(), ConfigError> {
+        // FLUX's packed `[B, L, C]` output comes from one call per guidance branch (cache contexts `cond` /
+        // `uncond`), not the batched CFG call FasterCache's unconditional-branch cache and frequency split are
+        // written for; its attention-only mode (`is_guidance_distilled`) has no parity case on such a model yet.
+        if host.tensor_format == "BLC" {
+            return Err(ConfigError::NotHostable(
+                "FasterCache on a model called once per guidance branch with packed [B, L, C] latents (FLUX) is not \
+                 verified against diffusers; use first_block_cache, mag_cache, taylorseer_cache or \
+                 pyramid_attention_broadcast"
+                    .into(),
+            ));
+        }
         self.validate()?;
         // The engine takes the host's output as it comes; a config that states another layout describes
         // another model (a 4-D BCHW one, or frames and channels swapped), so it is refused, not reinterpreted.

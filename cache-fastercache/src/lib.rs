@@ -184,7 +184,7 @@ impl<B: Backend> CacheStrategy<B> for FasterCache<B> {
         state.skipping = skip;
         if cfg && !distilled {
             let d = if skip { Decision::Skip } else { Decision::Compute };
-            self.stats.step_mut(ctx.step.step, ctx.step.timestep).uncond = Some(d);
+            self.stats.at(ctx).uncond = Some(d);
         }
         if skip {
             BatchPlan::CondOnly
@@ -277,7 +277,7 @@ impl<B: Backend> CacheStrategy<B> for FasterCache<B> {
             _ => AttentionPlan::Compute,
         };
         let d = if matches!(plan, AttentionPlan::Reuse(_)) { Decision::Skip } else { Decision::Compute };
-        self.stats.step_mut(ctx.step.step, ctx.step.timestep).attention.insert(site.to_string(), d);
+        self.stats.at(ctx).attention.insert(site.to_string(), d);
         plan
     }
 

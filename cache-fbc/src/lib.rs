@@ -162,7 +162,7 @@ impl<B: Backend> CacheStrategy<B> for FirstBlockCache<B> {
         let all_skip = skips.iter().all(|&s| s);
         let any_skip = skips.iter().any(|&s| s);
         let state = self.states.get_mut(ctx, ctx.batch_size);
-        let trace = self.stats.step_mut(ctx.step.step, ctx.step.timestep);
+        let trace = self.stats.at(ctx);
         if all_skip {
             trace.blocks = Some(Decision::Skip);
             state.consecutive_skips += 1;

@@ -57,7 +57,21 @@ impl Default for MagCacheConfig {
     }
 }
 
+/// diffusers' `FLUX_MAG_RATIOS` (`hooks/mag_cache.py` l. 35–65 at v0.42.1, from the MagCache authors): the
+/// magnitude ratios of FLUX.1 (dev and schnell) over 28 steps, interpolated to any step count.
+pub const FLUX_MAG_RATIOS: [f64; 28] = [
+    1.0, 1.21094, 1.11719, 1.07812, 1.0625, 1.03906, 1.03125, 1.03906, 1.02344, 1.03125, 1.02344, 0.98047, 1.01562,
+    1.00781, 1.0, 1.00781, 1.0, 1.00781, 1.0, 1.0, 0.99609, 0.99609, 0.98047, 0.98828, 0.96484, 0.95703, 0.93359,
+    0.89062,
+];
+
 impl MagCacheConfig {
+    /// diffusers' defaults with the built-in [`FLUX_MAG_RATIOS`], for a FLUX.1 generation of
+    /// `num_inference_steps` steps.
+    pub fn flux(num_inference_steps: usize) -> Self {
+        Self { num_inference_steps, mag_ratios: Some(FLUX_MAG_RATIOS.to_vec()), ..Self::default() }
+    }
+
     /// A calibration config for `num_inference_steps` steps.
     pub fn calibration(num_inference_steps: usize) -> Self {
         Self { num_inference_steps, calibrate: true, ..Self::default() }

@@ -25,7 +25,7 @@ use cache_core::{
 };
 
 mod config;
-pub use config::MagCacheConfig;
+pub use config::{MagCacheConfig, FLUX_MAG_RATIOS};
 
 /// State of one branch context.
 struct MagState<B: Backend> {
@@ -153,7 +153,7 @@ impl<B: Backend> CacheStrategy<B> for MagCache<B> {
             hidden: input.hidden.clone() + s.residual.clone().expect("checked in decide"),
             encoder: input.encoder.clone(),
         });
-        let trace = self.stats.step_mut(ctx.step.step, ctx.step.timestep);
+        let trace = self.stats.at(ctx);
         trace.blocks = Some(if skip { Decision::Skip } else { Decision::Compute });
         trace.whole_stack = skip;
         match out {

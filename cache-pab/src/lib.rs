@@ -85,7 +85,7 @@ impl<B: Backend> CacheStrategy<B> for PyramidAttentionBroadcast<B> {
             || !in_range(window, ctx.step.timestep)
             || state.iteration % skip_range == 0;
         let decision = if compute { Decision::Compute } else { Decision::Skip };
-        self.stats.step_mut(ctx.step.step, ctx.step.timestep).attention.insert(site.to_string(), decision);
+        self.stats.at(ctx).attention.insert(site.to_string(), decision);
         match (compute, &state.cache) {
             (false, Some(cached)) => AttentionPlan::Reuse(cached.clone()),
             _ => AttentionPlan::Compute,

@@ -120,7 +120,7 @@ impl<B: Backend> TaylorSeer<B> {
             Mode::Zero => !s.shapes.is_empty(),
         };
         let compute = self.config.computes(step) || !can_predict || s.last_update.is_none();
-        self.stats.step_mut(ctx.step.step, ctx.step.timestep).attention.insert(
+        self.stats.at(ctx).attention.insert(
             name,
             if compute { Decision::Compute } else { Decision::Skip },
         );

@@ -5,13 +5,14 @@ use cache_core::{ConfigError, HostInfo};
 use serde::{Deserialize, Serialize};
 
 /// The authors' published rescaling polynomials (`TeaCache4CogVideoX1.5/teacache_sample_video.py`,
-/// `coefficients_dict`), highest power first, by checkpoint name.
-pub const PUBLISHED_COEFFICIENTS: [(&str, [f64; 5]); 5] = [
+/// `coefficients_dict`; `TeaCache4FLUX/teacache_flux.py` l. 113), highest power first, by checkpoint name.
+pub const PUBLISHED_COEFFICIENTS: [(&str, [f64; 5]); 6] = [
     ("CogVideoX-2b", [-3.10658903e+01, 2.54732368e+01, -5.92380459e+00, 1.75769064e+00, -3.61568434e-03]),
     ("CogVideoX-5b", [-1.53880483e+03, 8.43202495e+02, -1.34363087e+02, 7.97131516e+00, -5.23162339e-02]),
     ("CogVideoX-5b-I2V", [-1.53880483e+03, 8.43202495e+02, -1.34363087e+02, 7.97131516e+00, -5.23162339e-02]),
     ("CogVideoX1.5-5B", [2.50210439e+02, -1.65061612e+02, 3.57804877e+01, -7.81551492e-01, 3.58559703e-02]),
     ("CogVideoX1.5-5B-I2V", [1.22842302e+02, -1.04088754e+02, 2.62981677e+01, -3.06009921e-01, 3.71213220e-02]),
+    ("FLUX.1-dev", [4.98651651e+02, -2.83781631e+02, 5.58554382e+01, -3.82021401e+00, 2.64230861e-01]),
 ];
 
 /// TeaCache (the authors' `rel_l1_thresh`, `coefficients`, `num_steps`), plus an opt-in memory budget.
@@ -31,7 +32,7 @@ pub struct TeaCacheConfig {
 
 impl TeaCacheConfig {
     /// The authors' configuration for a published checkpoint (`CogVideoX-2b`, `CogVideoX-5b`,
-    /// `CogVideoX-5b-I2V`, `CogVideoX1.5-5B`, `CogVideoX1.5-5B-I2V`).
+    /// `CogVideoX-5b-I2V`, `CogVideoX1.5-5B`, `CogVideoX1.5-5B-I2V`, `FLUX.1-dev`).
     pub fn published(checkpoint: &str, rel_l1_thresh: f64, num_steps: usize) -> Result<Self, ConfigError> {
         let (_, c) = PUBLISHED_COEFFICIENTS.iter().find(|(name, _)| *name == checkpoint).ok_or_else(|| {
             let known: Vec<&str> = PUBLISHED_COEFFICIENTS.iter().map(|(n, _)| *n).collect();
@@ -63,7 +64,7 @@ impl TeaCacheConfig {
             return Err(ConfigError::Missing {
                 field: "coefficients",
                 hint: "the rescaling polynomial is model-dependent: fit it with `ditcache calibrate --model M`, or \
-                       use the authors' published CogVideoX ones"
+                       use the authors' published CogVideoX or FLUX.1-dev ones"
                     .into(),
             });
         }
@@ -82,8 +83,8 @@ impl TeaCacheConfig {
         }
         if host.step_signal.is_none() {
             return Err(ConfigError::NotHostable(
-                "TeaCache measures a tensor its authors define per model family (CogVideoX's `emb`, Latte's first \
-                 modulated input); this model hands none to the engines"
+                "TeaCache measures a tensor its authors define per model family (CogVideoX's `emb`, Latte's and \
+                 FLUX's first modulated input); this model hands none to the engines"
                     .into(),
             ));
         }

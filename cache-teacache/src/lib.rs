@@ -1,10 +1,13 @@
 //! # cache-teacache: TeaCache
 //!
 //! The authors' rule (Liu et al. 2024; github.com/ali-vilab/TeaCache at 7c10efc,
-//! `TeaCache4CogVideoX1.5/teacache_sample_video.py` lines 60–122 and `eval/teacache/experiments/latte.py`), not
-//! part of diffusers. The model hands over, before its block stack, the tensor the authors measure for its
-//! family ([`CacheStrategy::observe_step_signal`]): CogVideoX's timestep embedding `emb`, Latte's first block's
-//! `norm1`-modulated input. Per call, with `cnt` the call index:
+//! `TeaCache4CogVideoX1.5/teacache_sample_video.py` lines 60–122, `eval/teacache/experiments/latte.py` and
+//! `TeaCache4FLUX/teacache_flux.py` lines 105–124), not part of diffusers. The model hands over, before its
+//! block stack, the tensor the authors measure for its family ([`CacheStrategy::observe_step_signal`]):
+//! CogVideoX's timestep embedding `emb`, Latte's first block's `norm1`-modulated input, FLUX's
+//! `transformer_blocks[0].norm1(hidden_states, emb=temb)` (l. 108: the modulated image stream; the skipped call
+//! adds the image-stream residual of all double and single blocks, l. 127–128). Per call, with `cnt` the call
+//! index:
 //! - `cnt == 0` or `cnt == num_steps − 1`: compute, `acc = 0`, nothing measured;
 //! - otherwise `acc += poly(rel)`, `rel = mean|x − prev| / mean|prev|` over the whole tensor (float32, then
 //!   float64), `poly` the configured polynomial (highest power first, float64 Horner, no clamping); skip iff
@@ -13,7 +16,8 @@
 //!
 //! A computed call stores the block stack's residuals (`output − input`, video and text streams); a skipped
 //! call returns this call's stack input plus them. One state covers a whole CFG batch (the authors' pipelines
-//! batch CFG: one call per step); separate branch passes get separate states, as every engine here.
+//! batch CFG: one call per step); separate branch passes (FLUX's `cond` / `uncond` calls) get separate states,
+//! as every engine here.
 //!
 //! Where the authors would add a residual of another shape (the batch changed) this engine computes instead;
 //! an optional memory budget makes it compute instead of holding the residuals.
@@ -148,7 +152,7 @@ impl<B: Backend> CacheStrategy<B> for TeaCache<B> {
         });
         s.skip = false;
         s.computing = out.is_none();
-        let trace = self.stats.step_mut(ctx.step.step, ctx.step.timestep);
+        let trace = self.stats.at(ctx);
         trace.blocks = Some(if out.is_some() { Decision::Skip } else { Decision::Compute });
         trace.whole_stack = out.is_some();
         match out {

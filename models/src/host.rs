@@ -70,6 +70,40 @@ pub(crate) fn latte_names(blocks: usize) -> Vec<String> {
     v
 }
 
+/// `FluxTransformer2DModel`'s modules (`named_modules()` order of diffusers 0.42.1).
+pub(crate) fn flux_names(cfg: &crate::flux::FluxConfig) -> Vec<String> {
+    let mut v = owned(&["", "pos_embed", "time_text_embed", "time_text_embed.time_proj"]);
+    let embedder = |v: &mut Vec<String>, name: &str| {
+        v.extend(prefixed(&format!("time_text_embed.{name}"), &["", "linear_1", "act", "linear_2"]));
+    };
+    embedder(&mut v, "timestep_embedder");
+    if cfg.guidance_embeds {
+        embedder(&mut v, "guidance_embedder");
+    }
+    v.extend(prefixed("time_text_embed.text_embedder", &["", "linear_1", "act_1", "linear_2"]));
+    v.extend(owned(&["context_embedder", "x_embedder"]));
+    let ada = |n: &str| prefixed(n, &["", "silu", "linear", "norm"]);
+    let ff = |n: &str| prefixed(n, &["", "net", "net.0", "net.0.proj", "net.1", "net.2"]);
+    let mut double: Vec<String> = vec![String::new()];
+    double.extend(ada("norm1"));
+    double.extend(ada("norm1_context"));
+    double.extend(prefixed("attn", &["", "norm_q", "norm_k", "to_q", "to_k", "to_v", "to_out", "to_out.0", "to_out.1"]));
+    double.extend(prefixed("attn", &["norm_added_q", "norm_added_k", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]));
+    double.push("norm2".into());
+    double.extend(ff("ff"));
+    double.push("norm2_context".into());
+    double.extend(ff("ff_context"));
+    v.extend(block_names("transformer_blocks", cfg.num_layers, &double));
+    let mut single: Vec<String> = vec![String::new()];
+    single.extend(ada("norm"));
+    single.extend(owned(&["proj_mlp", "act_mlp", "proj_out"]));
+    single.extend(prefixed("attn", &["", "norm_q", "norm_k", "to_q", "to_k", "to_v"]));
+    v.extend(block_names("single_transformer_blocks", cfg.num_single_layers, &single));
+    v.extend(ada("norm_out"));
+    v.push("proj_out".into());
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,5 +120,14 @@ mod tests {
         assert_eq!(latte.len(), 98);
         assert!(latte.contains(&"temporal_transformer_blocks.1.ff.net.0.proj".to_string()));
         assert!(!latte.contains(&"temporal_transformer_blocks.0.attn2".to_string()));
+        // FluxTransformer2DModel(num_layers=2, num_single_layers=2, guidance_embeds=True).named_modules():
+        // 129 names, `single_transformer_blocks` right after `transformer_blocks.1.ff_context.net.2`.
+        let cfg = crate::flux::FluxConfig { num_layers: 2, num_single_layers: 2, guidance_embeds: true, ..Default::default() };
+        let flux = flux_names(&cfg);
+        assert_eq!(flux.len(), 129);
+        assert_eq!(&flux[16..20], ["context_embedder", "x_embedder", "transformer_blocks", "transformer_blocks.0"]);
+        let i = flux.iter().position(|n| n == "single_transformer_blocks").unwrap();
+        assert_eq!(flux[i - 1], "transformer_blocks.1.ff_context.net.2");
+        assert_eq!(&flux[125..], ["norm_out.silu", "norm_out.linear", "norm_out.norm", "proj_out"]);
     }
 }

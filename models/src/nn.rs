@@ -159,7 +159,12 @@ pub struct FeedForward<B: Backend> {
 impl<B: ModelBackend> FeedForward<B> {
     /// Loads `ff.net.0.proj` (`dim → 4·dim`) and `ff.net.2`.
     pub fn load(vb: &mut VarBuilder<'_, B>, dim: usize) -> Result<Self> {
-        let mut vb = vb.pp("ff");
+        Self::load_named(vb, "ff", dim)
+    }
+
+    /// Loads `{name}.net.0.proj` (`dim → 4·dim`) and `{name}.net.2` (FLUX's `ff_context`).
+    pub fn load_named(vb: &mut VarBuilder<'_, B>, name: &str, dim: usize) -> Result<Self> {
+        let mut vb = vb.pp(name);
         let inner = 4 * dim;
         Ok(Self {
             net_0_proj: Linear::load(&mut vb, "net.0.proj", dim, inner, true)?,
@@ -172,4 +177,47 @@ impl<B: ModelBackend> FeedForward<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         self.net_2.forward(self.net_0_proj.forward_gelu_tanh(x))
     }
+}
+
+/// `torch.nn.RMSNorm` over the last dimension: `x / √(mean(x²) + eps) · weight`.
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    /// `[d]`, absent when `elementwise_affine=False`.
+    pub weight: Option<Param<Tensor<B, 1>>>,
+    /// Added to the mean square.
+    pub eps: f64,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    /// Loads `{name}.weight` when `affine`.
+    pub fn load(vb: &mut VarBuilder<'_, B>, name: &str, d: usize, eps: f64, affine: bool) -> Result<Self> {
+        let weight = if affine { Some(vb.pp(name).param("weight", [d], Init::Ones)?) } else { None };
+        Ok(Self { weight, eps })
+    }
+
+    /// # Shapes
+    /// `[..., d]` → `[..., d]`
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let ms = x.clone().powi_scalar(2).mean_dim(D - 1);
+        // A true division: `recip()` may be an approximate reciprocal on SIMD backends.
+        let y = x / (ms + self.eps).sqrt();
+        match &self.weight {
+            Some(w) => y * w.val().unsqueeze(),
+            None => y,
+        }
+    }
+}
+
+/// diffusers' `apply_rotary_emb(use_real=True, use_real_unbind_dim=-1)`: each pair `(x₀, x₁)` of the head
+/// dimension becomes `(x₀·cos − x₁·sin, x₁·cos + x₀·sin)`, with `cos`/`sin` repeated per pair.
+///
+/// # Shapes
+/// `x`: `[B, H, L, hd]`, `cos`, `sin`: `[1, 1, L, hd]` → `[B, H, L, hd]`
+pub fn apply_rotary<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, h, l, hd] = x.dims();
+    let pairs = x.clone().reshape([b, h, l, hd / 2, 2]);
+    let real = pairs.clone().narrow(4, 0, 1);
+    let imag = pairs.narrow(4, 1, 1);
+    let rotated = Tensor::cat(vec![imag.neg(), real], 4).reshape([b, h, l, hd]);
+    x * cos.clone() + rotated * sin.clone()
 }

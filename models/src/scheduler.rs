@@ -12,6 +12,7 @@ use std::path::Path;
 use burn::tensor::{backend::Backend, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::config_file::{config_from, read_json, refuse_unknown};
 use crate::error::{ModelError, Result};
 use crate::scheduler_dpm::CogVideoXDPMScheduler;
 
@@ -104,17 +105,6 @@ pub(crate) fn read_config_of<T: serde::de::DeserializeOwned>(path: &Path, class:
     }
 }
 
-/// A `scheduler_config.json` as JSON, to look at its `_class_name` before choosing the type to read it as.
-fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
-    serde_json::from_str(&text).map_err(|e| ModelError::Parse { path: path.to_owned(), reason: e.to_string() })
-}
-
-/// `json` (read from `path`) as a configuration.
-fn config_from<T: serde::de::DeserializeOwned>(path: &Path, json: serde_json::Value) -> Result<T> {
-    serde_json::from_value(json).map_err(|e| ModelError::Parse { path: path.to_owned(), reason: e.to_string() })
-}
-
 /// What the model predicts (`prediction_type`), validated once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Prediction {
@@ -136,10 +126,7 @@ pub struct CogVideoXDDIMScheduler {
 impl CogVideoXDDIMScheduler {
     /// Builds the scheduler, validating the configuration.
     pub fn new(config: CogVideoXDDIMSchedulerConfig) -> Result<Self> {
-        let unknown: Vec<&str> = config.extra.keys().filter(|k| !k.starts_with('_')).map(String::as_str).collect();
-        if !unknown.is_empty() {
-            return Err(ModelError::InvalidConfig(format!("unknown scheduler field(s): {}", unknown.join(", "))));
-        }
+        refuse_unknown("scheduler ", &config.extra)?;
         let n = config.num_train_timesteps;
         if n < 2 {
             return Err(ModelError::InvalidConfig("num_train_timesteps must be at least 2".into()));

@@ -669,7 +669,7 @@ fn sample(a: SampleArgs) -> Result<ExitCode, String> {
         "wrote {} ({videos} video(s); uncached {:.2} s, {} {:.2} s; rel_l2 {:.2e}, PSNR {:.1} dB; steps with blocks skipped {}, uncond approximated {}, attention reused {})",
         a.out.display(), t0, a.strategy, t1, benches::parity::rel_l2(&cached, &plain), benches::bench::psnr(&cached, &plain),
         stats.blocks().reused, stats.uncond().reused,
-        stats.steps.iter().flat_map(|s| s.attention.values()).filter(|d| **d == cache_core::Decision::Skip).count(),
+        stats.entries().flat_map(|s| s.attention.values()).filter(|d| **d == cache_core::Decision::Skip).count(),
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -12,7 +12,7 @@ use burn::tensor::{backend::Backend, Tensor};
 use cache_core::CacheStrategy;
 
 use crate::error::{ModelError, Result};
-use crate::latte::LatteTransformer3DModel;
+use super::model::LatteTransformer3DModel;
 use crate::ops::ModelBackend;
 use crate::pipeline::{guided_steps, DenoiseInput, DenoiseOptions, Guidance};
 use crate::scheduler_ddim::{DDIMScheduler, DDIMSchedulerConfig};

@@ -26,7 +26,7 @@ use cache_core::{
 use crate::embeddings;
 use crate::error::{ModelError, Result};
 use crate::input::{checked, denoiser_call, ForwardInput};
-use crate::latte_config::LatteConfig;
+use super::config::LatteConfig;
 use crate::nn::{gelu_tanh, FeedForward, LayerNorm, Linear, TimestepEmbedding};
 use crate::ops::ModelBackend;
 use crate::weights::{Init, VarBuilder, WeightSource};

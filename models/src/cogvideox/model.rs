@@ -13,7 +13,7 @@ use cache_core::{
     HostInfo, JointStates, ModuleSite,
 };
 
-use crate::config::CogVideoXConfig;
+use super::config::CogVideoXConfig;
 use crate::embeddings;
 use crate::error::{ModelError, Result};
 use crate::input::{checked, denoiser_call, ForwardInput};
@@ -178,17 +178,11 @@ impl<B: ModelBackend> CogVideoXAttention<B> {
     }
 }
 
-/// `apply_rotary_emb(use_real_unbind_dim=-1)` on the tokens after the first `text` ones.
+/// [`crate::nn::apply_rotary`] on the tokens after the first `text` ones.
 fn rope_video<B: Backend>(x: Tensor<B, 4>, text: usize, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
-    let [b, h, l, hd] = x.dims();
-    let n = l - text;
+    let l = x.dims()[2];
     let txt = x.clone().narrow(2, 0, text);
-    let vid = x.narrow(2, text, n);
-    let pairs = vid.clone().reshape([b, h, n, hd / 2, 2]);
-    let real = pairs.clone().narrow(4, 0, 1);
-    let imag = pairs.narrow(4, 1, 1);
-    let rotated = Tensor::cat(vec![imag.neg(), real], 4).reshape([b, h, n, hd]);
-    let vid = vid * cos.clone() + rotated * sin.clone();
+    let vid = crate::nn::apply_rotary(x.narrow(2, text, l - text), cos, sin);
     Tensor::cat(vec![txt, vid], 2)
 }
 

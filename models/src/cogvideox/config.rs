@@ -129,10 +129,7 @@ impl CogVideoXConfig {
 
     /// Reads and validates a diffusers `config.json`.
     pub fn from_json_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
-        let cfg: Self = serde_json::from_str(&text)
-            .map_err(|e| ModelError::Parse { path: path.to_owned(), reason: e.to_string() })?;
+        let cfg: Self = crate::config_file::read_config(path)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -154,11 +151,7 @@ impl CogVideoXConfig {
 
     /// Checks the configuration and refuses what this implementation does not compute.
     pub fn validate(&self) -> Result<()> {
-        let unknown: Vec<&str> =
-            self.extra.keys().filter(|k| !k.starts_with('_')).map(String::as_str).collect();
-        if !unknown.is_empty() {
-            return Err(ModelError::InvalidConfig(format!("unknown field(s): {}", unknown.join(", "))));
-        }
+        crate::config_file::refuse_unknown("", &self.extra)?;
         let positive = [
             ("num_attention_heads", self.num_attention_heads),
             ("attention_head_dim", self.attention_head_dim),

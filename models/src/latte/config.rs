@@ -116,9 +116,7 @@ impl LatteConfig {
 
     /// Reads and validates a diffusers `config.json`.
     pub fn from_json_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
-        let cfg: Self =
-            serde_json::from_str(&text).map_err(|e| ModelError::Parse { path: path.to_owned(), reason: e.to_string() })?;
+        let cfg: Self = crate::config_file::read_config(path)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -150,10 +148,7 @@ impl LatteConfig {
 
     /// Checks every value the model depends on; refuses what it does not implement.
     pub fn validate(&self) -> Result<()> {
-        let unknown: Vec<&str> = self.extra.keys().filter(|k| !k.starts_with('_')).map(String::as_str).collect();
-        if !unknown.is_empty() {
-            return Err(ModelError::InvalidConfig(format!("unknown field(s): {}", unknown.join(", "))));
-        }
+        crate::config_file::refuse_unknown("", &self.extra)?;
         for (name, v) in [("in_channels", self.in_channels), ("patch_size", self.patch_size), ("caption_channels", self.caption_channels)] {
             if v.is_none() {
                 return Err(ModelError::InvalidConfig(format!("{name} is required")));
