@@ -9,7 +9,7 @@ use cache_core::{Branch, CallContext, Identity, StepContext};
 use cache_engines::CacheConfig;
 use models::flux::{FluxInput, FluxPipeline};
 use models::weights::read_safetensors;
-use models::{FluxDenoiseInput, HostTensor, ModelBackend};
+use models::{FluxDenoiseInput, FluxTransformer2DModel, HostTensor, ModelBackend};
 
 use crate::parity::{decisions_diff, read_trace, rel_l2, take, tensor, worst_row_rel_l2, CaseSpec, Measured};
 
@@ -25,8 +25,7 @@ fn ids(tensors: &BTreeMap<String, HostTensor>, name: &str) -> Result<Vec<[f32; 3
 /// A forward case: `sample` against our output.
 pub(crate) fn run_forward<B: ModelBackend>(dir: &Path, device: &B::Device) -> Result<f64, String> {
     let tensors = read_safetensors(&dir.join("case.safetensors")).map_err(|e| e.to_string())?;
-    let pipe = FluxPipeline::<B>::from_pretrained(dir, device).map_err(|e| e.to_string())?;
-    let model = &pipe.transformer;
+    let model = FluxTransformer2DModel::<B>::from_pretrained(&dir.join("transformer"), device).map_err(|e| e.to_string())?;
     let expected = take(&tensors, "sample")?;
     let hidden = tensor::<B, 3>(&tensors, "hidden_states", device)?;
     let b = hidden.dims()[0];

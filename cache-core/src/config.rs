@@ -119,7 +119,8 @@ pub struct HostInfo {
     /// Blocks in the stack that First Block Cache splits into head and tail.
     pub num_blocks: usize,
     /// The layout of the model's output, as FasterCache's `tensor_format` names it (`BFCHW` for CogVideoX,
-    /// `BCFHW` for Latte); presets use it, and a FasterCache config stating another layout is refused.
+    /// `BCFHW` for Latte), or `BLC` for FLUX's packed tokens (no FasterCache layout: one call per guidance
+    /// branch); presets use it, and a FasterCache config stating another layout is refused.
     pub tensor_format: String,
     /// Hookable modules other than attention (each block's feed-forward), in call order within a step.
     pub modules: Vec<ModuleSite>,

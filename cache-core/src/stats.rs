@@ -47,15 +47,7 @@ impl StepTrace {
     pub fn entries(&self) -> impl Iterator<Item = &StepTrace> {
         std::iter::once(self).chain(self.contexts.values())
     }
-}
 
-impl Serialize for StepTrace {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_map(self.fields(true))
-    }
-}
-
-impl StepTrace {
     /// The keys of the entry in `trace.json`'s order (a context object has no `step` / `timestep`).
     fn fields(&self, top: bool) -> Vec<(String, serde_json::Value)> {
         let mut m: Vec<(String, serde_json::Value)> = Vec::new();
@@ -100,6 +92,12 @@ impl StepTrace {
             }
         }
         Ok(out)
+    }
+}
+
+impl Serialize for StepTrace {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.fields(true))
     }
 }
 
@@ -200,14 +198,14 @@ impl CacheStats {
     /// Tail blocks computed vs skipped.
     pub fn blocks(&self) -> Counts {
         let mut c = Counts::default();
-        self.steps.iter().flat_map(StepTrace::entries).filter_map(|s| s.blocks).for_each(|d| c.add(d));
+        self.entries().filter_map(|s| s.blocks).for_each(|d| c.add(d));
         c
     }
 
     /// Unconditional branch computed vs approximated.
     pub fn uncond(&self) -> Counts {
         let mut c = Counts::default();
-        self.steps.iter().flat_map(StepTrace::entries).filter_map(|s| s.uncond).for_each(|d| c.add(d));
+        self.entries().filter_map(|s| s.uncond).for_each(|d| c.add(d));
         c
     }
 
@@ -215,7 +213,7 @@ impl CacheStats {
     /// site that is not attention (a feed-forward a TaylorSeer predicted), which is left out.
     pub fn attention_by_kind(&self, kind_of: impl Fn(&str) -> Option<AttentionKind>) -> BTreeMap<String, Counts> {
         let mut out: BTreeMap<String, Counts> = BTreeMap::new();
-        for s in self.steps.iter().flat_map(StepTrace::entries) {
+        for s in self.entries() {
             for (site, d) in &s.attention {
                 let Some(kind) = kind_of(site) else { continue };
                 let kind = format!("{kind:?}").to_lowercase();
@@ -251,7 +249,7 @@ impl CacheStats {
         }
     }
 
-    /// Every step entry, as a list (for iterating entries and their contexts: [`StepTrace::entries`]).
+    /// Every step's entry and its per-context entries ([`StepTrace::entries`]), in step order.
     pub fn entries(&self) -> impl Iterator<Item = &StepTrace> {
         self.steps.iter().flat_map(StepTrace::entries)
     }
@@ -291,8 +289,9 @@ fn entry_units(s: &StepTrace, work: &WorkModel) -> f64 {
         Some(Decision::Skip) => 1.0,
         _ => full,
     };
-    // The trace's `attention` map names every hooked module; a feed-forward ends in `.ff` (FLUX: also
-    // `.ff_context`, `.proj_mlp`, `.proj_out`, counted as feed-forward work).
+    // The trace's `attention` map names every hooked module: attention sites end in `.attn`, `.attn1` or
+    // `.attn2`; every other module (`.ff`, FLUX's `.ff_context`, `.proj_mlp`, `.proj_out`) counts as a
+    // feed-forward.
     let reused: f64 = s
         .attention
         .iter()

@@ -64,21 +64,6 @@ fn calculate_shift_is_fluxpipelines() {
     assert_eq!(dev().flux_mu(24).unwrap(), 0.4607291666666667);
 }
 
-/// `[repr(float(x)) for x in np.linspace(1.0, 1/7, 7)]`.
-#[test]
-fn flux_sigmas_are_numpy_linspace() {
-    let expected = [
-        1.0,
-        0.8571428571428571,
-        0.7142857142857142,
-        0.5714285714285714,
-        0.4285714285714285,
-        0.2857142857142856,
-        0.14285714285714285,
-    ];
-    assert_eq!(flux_sigmas(7), expected);
-}
-
 /// FLUX.1-dev at 24 tokens: `s = S(**DEV); s.set_timesteps(sigmas=np.linspace(1.0, 1/6, 6), mu=cs(24))`.
 #[test]
 fn dev_dynamic_shift_24_tokens() {

@@ -217,24 +217,32 @@ impl<B: ModelBackend> FluxAttention<B> {
         <B as ModelBackend>::attention(q, k, v).swap_dims(1, 2).reshape([b, l, h * hd])
     }
 
-    /// The double-stream attention: image and text tokens with their own projections, attended jointly.
+    /// The text stream's projections of a double-stream attention; an error for a single-stream one.
+    fn text_stream(&self) -> Result<TextStream<'_, B>> {
+        match (
+            &self.add_q_proj, &self.add_k_proj, &self.add_v_proj, &self.norm_added_q, &self.norm_added_k, &self.to_out,
+            &self.to_add_out,
+        ) {
+            (Some(q), Some(k), Some(v), Some(norm_q), Some(norm_k), Some(out), Some(add_out)) => {
+                Ok(TextStream { q, k, v, norm_q, norm_k, out, add_out })
+            }
+            _ => Err(ModelError::InvalidConfig("a single-stream attention has no text-stream projections".into())),
+        }
+    }
+
+    /// The double-stream attention: image and text tokens with their own projections ([`Self::text_stream`]),
+    /// attended jointly.
     ///
     /// # Shapes
     /// `image`: `[B, L, D]`, `text`: `[B, S, D]` → the same shapes
-    pub fn forward_joint(&self, image: Tensor<B, 3>, text: Tensor<B, 3>, pos: &FluxPositions<B>) -> Result<JointStates<B>> {
-        let (Some(aq), Some(ak), Some(av), Some(nq), Some(nk), Some(out), Some(add_out)) = (
-            &self.add_q_proj, &self.add_k_proj, &self.add_v_proj, &self.norm_added_q, &self.norm_added_k, &self.to_out,
-            &self.to_add_out,
-        ) else {
-            return Err(ModelError::Strategy("a single-stream attention was called as a double-stream one".into()));
-        };
+    fn forward_joint(&self, t: &TextStream<'_, B>, image: Tensor<B, 3>, text: Tensor<B, 3>, pos: &FluxPositions<B>) -> JointStates<B> {
         let s = text.dims()[1];
-        let q = Tensor::cat(vec![nq.forward(self.heads(aq.forward(text.clone()))), self.norm_q.forward(self.heads(self.to_q.forward(image.clone())))], 2);
-        let k = Tensor::cat(vec![nk.forward(self.heads(ak.forward(text.clone()))), self.norm_k.forward(self.heads(self.to_k.forward(image.clone())))], 2);
-        let v = Tensor::cat(vec![self.heads(av.forward(text)), self.heads(self.to_v.forward(image))], 2);
+        let q = Tensor::cat(vec![t.norm_q.forward(self.heads(t.q.forward(text.clone()))), self.norm_q.forward(self.heads(self.to_q.forward(image.clone())))], 2);
+        let k = Tensor::cat(vec![t.norm_k.forward(self.heads(t.k.forward(text.clone()))), self.norm_k.forward(self.heads(self.to_k.forward(image.clone())))], 2);
+        let v = Tensor::cat(vec![self.heads(t.v.forward(text)), self.heads(self.to_v.forward(image))], 2);
         let o = self.attend(q, k, v, pos);
         let l = o.dims()[1];
-        Ok(JointStates::joint(out.forward(o.clone().narrow(1, s, l - s)), add_out.forward(o.narrow(1, 0, s))))
+        JointStates::joint(t.out.forward(o.clone().narrow(1, s, l - s)), t.add_out.forward(o.narrow(1, 0, s)))
     }
 
     /// The single-stream attention over the concatenated `[text, image]` tokens (no output projection).
@@ -247,6 +255,18 @@ impl<B: ModelBackend> FluxAttention<B> {
         let v = self.heads(self.to_v.forward(x));
         self.attend(q, k, v, pos)
     }
+}
+
+/// The weights a double-stream attention has beyond a single-stream one (`add_*_proj`, `norm_added_*`,
+/// `to_out.0`, `to_add_out`), borrowed once they are known to be there.
+struct TextStream<'a, B: Backend> {
+    q: &'a Linear<B>,
+    k: &'a Linear<B>,
+    v: &'a Linear<B>,
+    norm_q: &'a RmsNorm<B>,
+    norm_k: &'a RmsNorm<B>,
+    out: &'a Linear<B>,
+    add_out: &'a Linear<B>,
 }
 
 /// `FluxTransformerBlock`: separate image and text weights, joint attention, then a feed-forward per stream.
@@ -324,16 +344,8 @@ impl<B: ModelBackend> FluxTransformerBlock<B> {
         let [c_shift_msa, c_scale_msa, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp] = self.norm1_context.mods::<6>(temb);
         let n_image = self.norm1.norm.forward_modulated(image.clone(), scale_msa, shift_msa);
         let n_text = self.norm1_context.norm.forward_modulated(text.clone(), c_scale_msa, c_shift_msa);
-        let mut failed = None;
-        let attn = attention_site(strategy, ctx, &self.site(), || {
-            self.attn.forward_joint(n_image, n_text, pos).unwrap_or_else(|e| {
-                failed = Some(e);
-                JointStates::single(Tensor::zeros([1, 1, 1], &temb.device()))
-            })
-        });
-        if let Some(e) = failed {
-            return Err(e);
-        }
+        let text_stream = self.attn.text_stream()?;
+        let attn = attention_site(strategy, ctx, &self.site(), || self.attn.forward_joint(&text_stream, n_image, n_text, pos));
         let (a_image, a_text) = streams(attn)?;
         let dims = image.dims();
         let image = image + gate_msa * a_image;
