@@ -53,6 +53,24 @@ pub fn default_strategies(host: &HostInfo, calibration: &Calibration) -> Vec<(St
     v
 }
 
+/// [`default_strategies`] split into the rows `host` can run and, for the others, the row's name and why the
+/// host refuses it (FasterCache on FLUX: [`cache_engines::ConfigError::NotHostable`]), so that a table can
+/// say what it leaves out.
+pub fn hostable_default_strategies(host: &HostInfo, calibration: &Calibration) -> (Vec<(String, CacheConfig)>, Vec<(String, String)>) {
+    let mut left_out = Vec::new();
+    let rows = default_strategies(host, calibration)
+        .into_iter()
+        .filter(|(name, cfg)| match cfg.check_host(host) {
+            Ok(()) => true,
+            Err(e) => {
+                left_out.push((name.clone(), e.to_string()));
+                false
+            }
+        })
+        .collect();
+    (rows, left_out)
+}
+
 /// The calibration's presets as table rows, `quality ≥40dB` etc., safest first.
 pub fn preset_rows(calibration: &Calibration) -> Vec<(String, CacheConfig)> {
     Preset::ALL
@@ -148,6 +166,10 @@ pub struct Report {
     /// Videos per generation (prompts × videos per prompt).
     #[serde(default = "one")]
     pub batch: usize,
+    /// Model calls per step, each in its own cache context (FLUX's true CFG: 2, `cond` and `uncond`; a
+    /// batched CFG call: 1). The counts of skipped blocks are over all calls.
+    #[serde(default = "one")]
+    pub calls_per_step: usize,
     /// Rows, the baseline first.
     pub rows: Vec<Row>,
 }
@@ -306,6 +328,7 @@ pub fn run<B: ModelBackend>(
         guidance_scale: opts.guidance,
         repeats: opts.repeats,
         batch: videos,
+        calls_per_step: model.calls_per_step(opts.guidance),
         rows,
     })
 }
@@ -329,11 +352,12 @@ pub fn table(report: &Report) -> String {
     // Per-kind counts only for models with more than one kind of attention.
     let by_kind = report.rows.iter().any(|r| r.attention_reused_by_kind.len() > 1);
     let mut s = format!(
-        "model {} · {} video{} per generation · {} steps · guidance {} · backend {} · {} · median of {}\n\n",
+        "model {} · {} video{} per generation · {} steps{} · guidance {} · backend {} · {} · median of {}\n\n",
         report.model,
         report.batch,
         if report.batch == 1 { "" } else { "s" },
         report.steps,
+        if report.calls_per_step > 1 { format!(" × {} calls (one per cache context)", report.calls_per_step) } else { String::new() },
         report.guidance_scale,
         report.backend,
         report.machine,
@@ -362,7 +386,7 @@ pub fn table(report: &Report) -> String {
             if by_kind && r.attention_reused > 0 { format!(" ({})", kinds(&r.attention_reused_by_kind)) } else { String::new() },
             r.modules_predicted,
             r.blocks_skipped,
-            report.steps,
+            report.steps * report.calls_per_step,
             r.uncond_approximated,
             report.steps,
             r.rel_l2,

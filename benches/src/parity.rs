@@ -296,6 +296,8 @@ fn load_denoise_spec<B: ModelBackend>(dir: &Path, spec: &CaseSpec, device: &B::D
     let input = DenoiseInput {
         latents: tensor::<B, 5>(&tensors, "latents", device)?,
         prompt_embeds: tensor::<B, 3>(&tensors, "prompt_embeds", device)?,
+        pooled_prompt_embeds: None,
+        negative_pooled_prompt_embeds: None,
         negative_prompt_embeds: match tensors.contains_key("negative_prompt_embeds") {
             true => Some(tensor::<B, 3>(&tensors, "negative_prompt_embeds", device)?),
             false => None,

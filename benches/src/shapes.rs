@@ -1,5 +1,6 @@
-//! The project's trained model (`assets/shapes`): a small CogVideoX trained on clips of moving shapes by
-//! `tools/train/train_shapes.py`, and its prompt embeddings, one per attribute value.
+//! The project's trained models: `assets/shapes`, a small CogVideoX trained on clips of moving shapes by
+//! `tools/train/train_shapes.py`, and `assets/flux_shapes`, a small FLUX.1 trained on images of shapes by
+//! `tools/train/train_flux_shapes.py`; their prompt embeddings, one per attribute value (one table for both).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -33,6 +34,34 @@ pub const DEFAULT_PROMPT: &str = "shape=disc,size=large,colour=red,direction=rig
 /// Where the trained model lives in this repository (found from [`crate::crate_dir`]).
 pub fn shapes_dir() -> PathBuf {
     crate::crate_dir().join("../assets/shapes")
+}
+
+/// Where the trained FLUX model lives in this repository.
+pub fn flux_shapes_dir() -> PathBuf {
+    crate::crate_dir().join("../assets/flux_shapes")
+}
+
+/// The latent size the trained FLUX model was trained at (its `default_sample_size`: 32 × 32 latents, a
+/// 256 × 256 image, 256 packed tokens).
+pub const FLUX_SHAPES_SAMPLE_SIZE: usize = 32;
+
+/// The pooled embeddings (CLIP's place in FLUX) of `[k, S, D]` prompt embeddings, as the trained FLUX model
+/// was trained with them: per prompt, the mean of its [`ATTRIBUTES`] tokens (`[k, D]`; zeros for the
+/// unconditional prompt).
+pub fn pooled(embeds: &HostTensor) -> Result<HostTensor, String> {
+    let &[k, s, d] = embeds.shape.as_slice() else { return Err(format!("prompt embeddings {:?} are not [k, S, D]", embeds.shape)) };
+    let n = ATTRIBUTES.len();
+    if s < n {
+        return Err(format!("prompt embeddings have {s} tokens, fewer than the {n} attribute tokens"));
+    }
+    let mut data = vec![0f32; k * d];
+    for (p, out) in data.chunks_mut(d).enumerate() {
+        for t in 0..n {
+            let row = &embeds.data[(p * s + t) * d..(p * s + t + 1) * d];
+            out.iter_mut().zip(row).for_each(|(o, v)| *o += v / n as f32);
+        }
+    }
+    Ok(HostTensor { shape: vec![k, d], data })
 }
 
 /// Why a model directory's prompt table cannot embed prompts.
@@ -145,6 +174,15 @@ mod tests {
         let table = BTreeMap::from([("shape.disc".to_string(), row(8))]);
         let err = Prompts::new(table, 3).err().expect("3 tokens accepted").to_string();
         assert!(err.contains("max_text_seq_length 3") && err.contains("4 attribute tokens"), "{err}");
+    }
+
+    #[test]
+    fn the_pooled_embedding_is_the_mean_of_the_attribute_tokens_per_prompt() {
+        // Two prompts of 5 tokens, 2 values each: the fifth token is padding and does not count.
+        let tokens: Vec<f32> = (0..20).map(|v| v as f32).collect();
+        let p = pooled(&HostTensor { shape: vec![2, 5, 2], data: tokens }).unwrap();
+        // Prompt 0: rows (0,1) (2,3) (4,5) (6,7) → (3, 4); prompt 1: rows (10,11)..(16,17) → (13, 14).
+        assert_eq!((p.shape, p.data), (vec![2, 2], vec![3.0, 4.0, 13.0, 14.0]));
     }
 
     #[test]

@@ -79,7 +79,12 @@ fn grid(host: &HostInfo, cal: &Calibration) -> Vec<Vec<CacheConfig>> {
             seer.push(taylorseer(host, interval, order));
         }
     }
-    vec![fbc, pab, fc, mag, tea, seer]
+    // Families the host refuses (FasterCache on FLUX) are not searched.
+    let mut families = vec![fbc, pab, fc, mag, tea, seer];
+    for f in &mut families {
+        f.retain(|c| c.check_host(host).is_ok());
+    }
+    families
 }
 
 /// Runs the search; returns every candidate evaluated (fastest passing first) and the baseline time.

@@ -11,20 +11,30 @@ use crate::bench::BenchOptions;
 /// Prompt tokens of Latte bench inputs (random embeddings; Latte-1 itself takes up to 120 T5 tokens).
 pub const LATTE_BENCH_TEXT_TOKENS: usize = 16;
 
+/// Prompt tokens of FLUX bench inputs: the trained model's (`tools/train/train_flux_shapes.py`), and the length
+/// of drawn ones (FLUX.1 itself takes up to 512 T5 tokens).
+pub const FLUX_BENCH_TEXT_TOKENS: usize = 8;
+
 /// Bench-side methods of a [`VideoModel`].
 pub trait BenchModel<B: ModelBackend> {
     /// The work model at the model's sample size (bench inputs).
     fn work_model(&self) -> WorkModel;
 
-    /// The shapes of one video's bench inputs: latents (`[1, F, C, H, W]` CogVideoX, `[1, C, F, H, W]` Latte) and
-    /// prompt embeddings (`[1, S, D]`), at the model's sample size.
+    /// The shapes of one video's bench inputs: latents (`[1, F, C, H, W]` CogVideoX, `[1, C, F, H, W]` Latte,
+    /// `[1, 1, C, h, w]` FLUX at its `default_sample_size`) and prompt embeddings (`[1, S, D]`), at the model's
+    /// sample size.
     fn input_shapes(&self) -> ([usize; 5], [usize; 3]);
 
     /// What a bench generation starts from: `opts.batch` videos at the model's sample size, each with latents
     /// drawn from its own seed ([`video_seed`]), spread evenly over the given prompts (`[k, S, D]` (prompt,
     /// negative) embeddings; `batch / k` videos each, adjacent) or, without them, one prompt drawn per video.
-    /// Refuses a batch that the prompts do not divide.
+    /// Refuses a batch that the prompts do not divide. FLUX's pooled embeddings are the mean of a prompt's
+    /// attribute tokens ([`crate::shapes::pooled`], the trained model's rule) or drawn with drawn prompts.
     fn bench_inputs(&self, opts: &BenchOptions, device: &B::Device) -> Result<DenoiseInput<B>, String>;
+
+    /// Model calls per denoising step at this guidance: 2 for FLUX under true CFG (without `guidance_embeds`,
+    /// `guidance > 1`), else 1 (CogVideoX and Latte batch their CFG branches into one call).
+    fn calls_per_step(&self, guidance: f64) -> usize;
 }
 
 impl<B: ModelBackend> BenchModel<B> for VideoModel<B> {
@@ -50,6 +60,16 @@ impl<B: ModelBackend> BenchModel<B> for VideoModel<B> {
                     ff_share: p.transformer.ff_share(f, patches, t),
                 }
             }
+            VideoModel::Flux(p) => {
+                let c = &p.transformer.config;
+                let s = p.default_sample_size;
+                let tokens = FLUX_BENCH_TEXT_TOKENS + (s / 2) * (s / 2);
+                WorkModel {
+                    num_blocks: c.num_layers + c.num_single_layers,
+                    attention_share: p.transformer.attention_share(tokens),
+                    ff_share: p.transformer.ff_share(tokens),
+                }
+            }
         }
     }
 
@@ -65,6 +85,18 @@ impl<B: ModelBackend> BenchModel<B> for VideoModel<B> {
                 let s = c.sample_size;
                 ([1, c.in_channels(), c.video_length, s, s], [1, LATTE_BENCH_TEXT_TOKENS, c.caption_channels()])
             }
+            VideoModel::Flux(p) => {
+                let c = &p.transformer.config;
+                let s = p.default_sample_size;
+                ([1, 1, c.in_channels / 4, s, s], [1, FLUX_BENCH_TEXT_TOKENS, c.joint_attention_dim])
+            }
+        }
+    }
+
+    fn calls_per_step(&self, guidance: f64) -> usize {
+        match self {
+            VideoModel::Flux(p) if !p.transformer.config.guidance_embeds && guidance > 1.0 => 2,
+            _ => 1,
         }
     }
 
@@ -91,7 +123,29 @@ impl<B: ModelBackend> BenchModel<B> for VideoModel<B> {
             return Err(format!("a batch of {videos} videos cannot be split evenly over {prompts} prompts"));
         }
         let latents = rows((0..videos).map(|j| randn(video_seed(seed, j), &latents)).collect()).expect("at least one video");
+        let (pooled, negative_pooled) = match self {
+            VideoModel::Flux(p) => {
+                let dim = p.transformer.config.pooled_projection_dim;
+                let (a, b) = match &opts.prompt {
+                    Some(_) => (crate::shapes::pooled(&prompt)?, crate::shapes::pooled(&negative)?),
+                    None => {
+                        let drawn = |offset: u64| {
+                            rows((0..videos).map(|j| randn(video_seed(seed, j).wrapping_add(offset), &[1, dim])).collect())
+                                .expect("at least one video")
+                        };
+                        (drawn(3), drawn(4))
+                    }
+                };
+                if a.shape[1] != dim {
+                    return Err(format!("pooled prompt embeddings have {} values, the model's pooled_projection_dim is {dim}", a.shape[1]));
+                }
+                (Some(a.to_tensor(device)), Some(b.to_tensor(device)))
+            }
+            _ => (None, None),
+        };
         Ok(DenoiseInput {
+            pooled_prompt_embeds: pooled,
+            negative_pooled_prompt_embeds: negative_pooled,
             latents: latents.to_tensor(device),
             prompt_embeds: prompt.to_tensor(device),
             negative_prompt_embeds: Some(negative.to_tensor(device)),

@@ -24,6 +24,8 @@ fn alone(input: &DenoiseInput<B>, j: usize) -> DenoiseInput<B> {
     DenoiseInput {
         latents: input.latents.clone().narrow(0, j, 1),
         prompt_embeds: input.prompt_embeds.clone().narrow(0, b, 1),
+        pooled_prompt_embeds: None,
+        negative_pooled_prompt_embeds: None,
         negative_prompt_embeds: input.negative_prompt_embeds.clone().map(|n| n.narrow(0, b, 1)),
         num_videos_per_prompt: 1,
         ..input.clone()

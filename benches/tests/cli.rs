@@ -266,3 +266,50 @@ fn parity_holds_cases_to_a_tighter_bound_when_asked() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--max-rel-l2"));
 }
+
+#[test]
+fn flux_shapes_runs_bench_export_and_sample_with_true_cfg_in_two_contexts() {
+    let dir = tempfile::tempdir().unwrap();
+    let fbc = dir.path().join("fbc.json");
+    std::fs::write(&fbc, r#"{"type": "first_block_cache", "threshold": 0.2}"#).unwrap();
+    let (json, export) = (dir.path().join("bench.json"), dir.path().join("export"));
+    let red = "shape=disc,size=large,colour=red,direction=right";
+    let blue = "shape=square,size=small,colour=blue,direction=up";
+    let out = ditcache()
+        .args(["bench", "--model", "flux-shapes", "--steps", "3", "--repeats", "1", "--batch", "2", "--prompt", red, "--prompt", blue])
+        .arg("--strategy")
+        .arg(&fbc)
+        .arg("--json")
+        .arg(&json)
+        .arg("--export")
+        .arg(&export)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: benches::bench::Report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    // True CFG: two calls per step, and the table counts skips over both.
+    assert_eq!((report.batch, report.calls_per_step), (2, 2));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("/6 |"), "{}", String::from_utf8_lossy(&out.stdout));
+    // What FluxPipeline gets: packed latents of a 256 × 256 image, the pooled rows (mean of the attribute
+    // tokens), true CFG at the guidance scale.
+    let inputs = models::weights::read_safetensors(&export.join("inputs.safetensors")).unwrap();
+    assert_eq!(inputs["latents"].shape, vec![2, 256, 16]);
+    let pooled = benches::shapes::pooled(&inputs["prompt_embeds"]).unwrap();
+    assert_eq!(pooled, inputs["pooled_prompt_embeds"]);
+    assert!(inputs["negative_pooled_prompt_embeds"].data.iter().all(|v| *v == 0.0));
+    let spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(export.join("bench.json")).unwrap()).unwrap();
+    assert_eq!((spec["family"].as_str(), spec["true_cfg_scale"].as_f64(), spec["height"].as_u64()), (Some("flux"), Some(6.0), Some(256)));
+    assert!(export.join("scheduler/scheduler_config.json").exists());
+    // sample: the uncached image's row, then the cached one's (one 32 × 32 frame each, gaps of 2).
+    let png = dir.path().join("f.png");
+    let out = ditcache()
+        .args(["sample", "--model", "flux-shapes", "--steps", "2", "--scale", "1", "--strategy"])
+        .arg(&fbc)
+        .arg("--out")
+        .arg(&png)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(u32::from_be_bytes(bytes[20..24].try_into().unwrap()), 2 * 32 + 3 * 2);
+}

@@ -28,7 +28,7 @@ fn run(c: &mut DenoiseCase<B>, strategy: &mut dyn CacheStrategy<B>) -> Vec<f32> 
 fn cog_model(m: &VideoModel<B>) -> &CogVideoXTransformer3DModel<B> {
     match m {
         VideoModel::CogVideoX { model, .. } => model,
-        VideoModel::Latte(_) => panic!("these tests run on CogVideoX cases"),
+        _ => panic!("these tests run on CogVideoX cases"),
     }
 }
 

@@ -46,13 +46,16 @@ fn the_built_in_flux_ratios_are_diffusers_own() {
 }
 
 #[test]
-fn faster_cache_is_refused_on_flux_and_taylorseer_defaults_hook_its_attention() {
+fn faster_cache_on_flux_takes_the_distilled_mode_only_and_taylorseer_defaults_hook_its_attention() {
     let model = FluxTransformer2DModel::<B>::load(&tiny(), &mut WeightSource::random(1), &device()).unwrap();
     let host = model.host_info();
     let Err(e) = build::<B>(&CacheConfig::FasterCache(FasterCacheConfig::for_host(&host)), &host) else {
-        panic!("FasterCache was built on FLUX")
+        panic!("FasterCache's unconditional-branch mode was built on FLUX")
     };
-    assert!(matches!(&e, ConfigError::NotHostable(m) if m.contains("FLUX")), "{e}");
+    assert!(matches!(&e, ConfigError::NotHostable(m) if m.contains("FLUX") && m.contains("is_guidance_distilled")), "{e}");
+    // The attention-only mode diffusers runs on FLUX.1-dev (case flux_fastercache_distilled).
+    let distilled = FasterCacheConfig { is_guidance_distilled: true, ..FasterCacheConfig::for_host(&host) };
+    build::<B>(&CacheConfig::FasterCache(distilled), &host).unwrap();
     // diffusers' default identifiers (`^transformer_blocks.*attn`, `^single_transformer_blocks.*attn`) name
     // FLUX's attention modules, so the default configuration is hostable (on CogVideoX it hooks nothing).
     build::<B>(&CacheConfig::TaylorSeerCache(TaylorSeerCacheConfig::default()), &host).unwrap();

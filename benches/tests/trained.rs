@@ -21,6 +21,8 @@ fn trained_model_matches_diffusers_generation() {
     let input = DenoiseInput {
         latents: expected["latents"].to_tensor(&dev),
         prompt_embeds: prompts.embed(DEFAULT_PROMPT).unwrap().to_tensor(&dev),
+        pooled_prompt_embeds: None,
+        negative_pooled_prompt_embeds: None,
         negative_prompt_embeds: Some(prompts.negative().to_tensor(&dev)),
         num_videos_per_prompt: 1,
         num_inference_steps: 8,

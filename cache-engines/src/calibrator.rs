@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use burn::tensor::{backend::Backend, Tensor};
-use cache_core::{AttentionSite, CacheStrategy, CallContext, JointStates, TailPlan};
+use cache_core::{AttentionSite, Branch, CacheStrategy, CallContext, JointStates, TailPlan};
 use cache_magcache::magnitude_ratio;
 use cache_teacache::relative_l1;
 
@@ -14,6 +14,11 @@ use cache_teacache::relative_l1;
 /// - each attention site's output change (same measure), the quantity PAB and FasterCache bet on;
 /// - the block stack's residual magnitude ratio, as MagCache's calibration does (1 at the first call);
 /// - the step signal's change (TeaCache's `x`) and the block stack's output change (its `y`).
+///
+/// Under true classifier-free guidance (FLUX: a second call per step in the `uncond` context) only the
+/// conditional calls are measured: the engines take one parameter set for both contexts (one threshold, one
+/// table of MagCache ratios, one TeaCache polynomial), and consecutive calls of different contexts are not
+/// consecutive steps.
 ///
 /// It holds the previous call's tensors: one copy of every attention output, of the stack's output and
 /// residual, and of the step signal.
@@ -70,6 +75,11 @@ fn change<B: Backend>(slot: &mut Option<Tensor<B, 3>>, cur: &Tensor<B, 3>) -> Op
     out
 }
 
+/// A true-CFG unconditional call: not measured (see [`Calibrator`]).
+fn unmeasured(ctx: &CallContext) -> bool {
+    ctx.branch == Branch::Uncond
+}
+
 impl<B: Backend> CacheStrategy<B> for Calibrator<B> {
     fn reset(&mut self) {
         *self = Self::new();
@@ -79,13 +89,19 @@ impl<B: Backend> CacheStrategy<B> for Calibrator<B> {
         true
     }
 
-    fn observe_step_signal(&mut self, _ctx: &CallContext, signal: &Tensor<B, 3>) {
+    fn observe_step_signal(&mut self, ctx: &CallContext, signal: &Tensor<B, 3>) {
+        if unmeasured(ctx) {
+            return;
+        }
         if let Some(c) = change(&mut self.prev_signal, signal) {
             self.signal_changes.push(c);
         }
     }
 
-    fn after_head_block(&mut self, _ctx: &CallContext, input: &JointStates<B>, output: &JointStates<B>) -> TailPlan<B> {
+    fn after_head_block(&mut self, ctx: &CallContext, input: &JointStates<B>, output: &JointStates<B>) -> TailPlan<B> {
+        if unmeasured(ctx) {
+            return TailPlan::Compute;
+        }
         let residual = output.hidden.clone() - input.hidden.clone();
         if let Some(c) = change(&mut self.prev_head, &residual) {
             self.first_block_changes.push(c);
@@ -93,7 +109,10 @@ impl<B: Backend> CacheStrategy<B> for Calibrator<B> {
         TailPlan::Compute
     }
 
-    fn after_blocks(&mut self, _ctx: &CallContext, input: &JointStates<B>, output: &JointStates<B>) {
+    fn after_blocks(&mut self, ctx: &CallContext, input: &JointStates<B>, output: &JointStates<B>) {
+        if unmeasured(ctx) {
+            return;
+        }
         let residual = output.hidden.clone() - input.hidden.clone();
         let ratio = match &self.prev_residual {
             Some(prev) if prev.dims() == residual.dims() => magnitude_ratio(&residual, prev) as f64,
@@ -111,7 +130,10 @@ impl<B: Backend> CacheStrategy<B> for Calibrator<B> {
         }
     }
 
-    fn after_attention(&mut self, _ctx: &CallContext, site: &AttentionSite, output: &JointStates<B>) {
+    fn after_attention(&mut self, ctx: &CallContext, site: &AttentionSite, output: &JointStates<B>) {
+        if unmeasured(ctx) {
+            return;
+        }
         let name = site.to_string();
         let mut slot = self.prev_sites.remove(&name);
         if let Some(c) = change(&mut slot, &output.hidden) {

@@ -65,7 +65,7 @@ impl CacheConfig {
     }
 
     fn fixed_preset(preset: Preset, host: &HostInfo) -> Self {
-        let (threshold, spatial, temporal, cross, faster) = match preset {
+        let (threshold, spatial, temporal, cross, faster_on) = match preset {
             Preset::Quality => (0.02, 1, 2, 3, false),
             Preset::Balanced => (0.05, 2, 3, 4, true),
             Preset::Speed => (0.1, 3, 4, 6, true),
@@ -80,8 +80,10 @@ impl CacheConfig {
             ..Default::default()
         };
         let mut strategies = Vec::new();
-        if faster {
-            strategies.push(CacheConfig::FasterCache(FasterCacheConfig::for_host(host)));
+        let faster = CacheConfig::FasterCache(FasterCacheConfig::for_host(host));
+        // Not on a host FasterCache refuses (FLUX): the rest of the preset still applies.
+        if faster_on && faster.check_host(host).is_ok() {
+            strategies.push(faster);
         }
         strategies.push(CacheConfig::FirstBlockCache(FirstBlockCacheConfig { threshold, ..Default::default() }));
         strategies.push(CacheConfig::PyramidAttentionBroadcast(pab));

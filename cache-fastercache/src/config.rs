@@ -147,7 +147,11 @@ impl FasterCacheConfig {
             fc.temporal_attention_block_skip_range = fc.spatial_attention_block_skip_range;
             fc.temporal_attention_timestep_skip_range = fc.spatial_attention_timestep_skip_range;
         }
-        fc.tensor_format = host.tensor_format.clone();
+        // FLUX's `[B, L, C]` is no FasterCache layout: the mode it may run in (`is_guidance_distilled`) does not
+        // use one, so the default stays.
+        if host.tensor_format != "BLC" {
+            fc.tensor_format = host.tensor_format.clone();
+        }
         fc
     }
 }
@@ -183,21 +187,24 @@ impl FasterCacheConfig {
     /// [`FasterCacheConfig::validate`], then that `tensor_format` is the layout `host` produces and that every
     /// range set has a site of `host` to act on.
     pub fn check_host(&self, host: &HostInfo) -> Result<(), ConfigError> {
+        self.validate()?;
         // FLUX's packed `[B, L, C]` output comes from one call per guidance branch (cache contexts `cond` /
         // `uncond`), not the batched CFG call FasterCache's unconditional-branch cache and frequency split are
-        // written for; its attention-only mode (`is_guidance_distilled`) has no parity case on such a model yet.
+        // written for. Its attention-only mode (`is_guidance_distilled`, diffusers' setting for FLUX.1-dev) runs
+        // no unconditional branch, so the layout is not used and not checked (case flux_fastercache_distilled).
         if host.tensor_format == "BLC" {
-            return Err(ConfigError::NotHostable(
-                "FasterCache on a model called once per guidance branch with packed [B, L, C] latents (FLUX) is not \
-                 verified against diffusers; use first_block_cache, mag_cache, taylorseer_cache or \
-                 pyramid_attention_broadcast"
-                    .into(),
-            ));
-        }
-        self.validate()?;
-        // The engine takes the host's output as it comes; a config that states another layout describes
-        // another model (a 4-D BCHW one, or frames and channels swapped), so it is refused, not reinterpreted.
-        if TensorFormat::parse(&self.tensor_format)? != TensorFormat::parse(&host.tensor_format)? {
+            if !self.is_guidance_distilled {
+                return Err(ConfigError::NotHostable(
+                    "FasterCache's unconditional-branch cache on a model called once per guidance branch with packed \
+                     [B, L, C] latents (FLUX) is not what diffusers runs; set is_guidance_distilled (attention only, \
+                     as diffusers does for FLUX.1-dev), or use first_block_cache, mag_cache, taylorseer_cache or \
+                     pyramid_attention_broadcast"
+                        .into(),
+                ));
+            }
+        } else if TensorFormat::parse(&self.tensor_format)? != TensorFormat::parse(&host.tensor_format)? {
+            // The engine takes the host's output as it comes; a config that states another layout describes
+            // another model (a 4-D BCHW one, or frames and channels swapped), so it is refused, not reinterpreted.
             return Err(ConfigError::TensorFormatMismatch {
                 config: self.tensor_format.clone(),
                 host: host.tensor_format.clone(),

@@ -31,3 +31,14 @@ pub(crate) fn refuse_unknown(what: &str, extra: &BTreeMap<String, serde_json::Va
         false => Err(ModelError::InvalidConfig(format!("unknown {what}field(s): {}", unknown.join(", ")))),
     }
 }
+
+/// The model directory of a diffusers pipeline directory (`transformer/`, when it holds a `config.json`), or
+/// `dir` itself (a model directory).
+pub(crate) fn transformer_dir(dir: &Path) -> std::path::PathBuf {
+    let t = dir.join("transformer");
+    if t.join("config.json").exists() {
+        t
+    } else {
+        dir.to_path_buf()
+    }
+}

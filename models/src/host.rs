@@ -1,6 +1,17 @@
 //! diffusers' module names of each family (`named_modules()` of the diffusers class), so that engines selecting
 //! modules by name (TaylorSeer) can tell a pattern that names a module the host cannot hook from one that names
-//! nothing.
+//! nothing; and the work shares of a block that the bench's work model counts skips with.
+
+/// The shares of a transformer block's work done by its attention and by its feed-forward, for `tokens`
+/// tokens of width `d`, from multiply-adds per token: attention projections `4·D²` (q, k, v, out) with scores
+/// and weighted sum `2·L·D`, feed-forward `8·D²` (a 4× MLP); modulation and norms left out. FLUX's
+/// single-stream blocks come out the same (q, k, v and the attention's part of `proj_out`; `proj_mlp` and the
+/// rest of `proj_out`).
+pub fn block_shares(d: usize, tokens: usize) -> (f64, f64) {
+    let (d, l) = (d as f64, tokens as f64);
+    let total = 12.0 * d * d + 2.0 * l * d;
+    ((4.0 * d * d + 2.0 * l * d) / total, 8.0 * d * d / total)
+}
 
 /// `prefix.{i}.{rel}` for each block `i` and each name relative to the block (`""` is the block itself).
 fn block_names(prefix: &str, blocks: usize, rel: &[String]) -> Vec<String> {

@@ -31,7 +31,7 @@ pub mod weights;
 
 pub use cogvideox::{denoise, CogVideoXConfig, CogVideoXTransformer3DModel, Positions};
 pub use error::{ModelError, Result};
-pub use flux::{FluxConfig, FluxDenoiseInput, FluxPipeline, FluxTransformer2DModel};
+pub use flux::{pack_latents, unpack_latents, FluxConfig, FluxDenoiseInput, FluxPipeline, FluxTransformer2DModel};
 pub use input::ForwardInput;
 pub use latte::{LatteConfig, LattePipeline, LattePositions, LatteTransformer3DModel};
 pub use ops::ModelBackend;

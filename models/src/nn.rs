@@ -188,7 +188,7 @@ pub struct RmsNorm<B: Backend> {
     pub eps: f64,
 }
 
-impl<B: Backend> RmsNorm<B> {
+impl<B: ModelBackend> RmsNorm<B> {
     /// Loads `{name}.weight` when `affine`.
     pub fn load(vb: &mut VarBuilder<'_, B>, name: &str, d: usize, eps: f64, affine: bool) -> Result<Self> {
         let weight = if affine { Some(vb.pp(name).param("weight", [d], Init::Ones)?) } else { None };
@@ -198,13 +198,7 @@ impl<B: Backend> RmsNorm<B> {
     /// # Shapes
     /// `[..., d]` → `[..., d]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let ms = x.clone().powi_scalar(2).mean_dim(D - 1);
-        // A true division: `recip()` may be an approximate reciprocal on SIMD backends.
-        let y = x / (ms + self.eps).sqrt();
-        match &self.weight {
-            Some(w) => y * w.val().unsqueeze(),
-            None => y,
-        }
+        B::rms_norm(x, self.weight.as_ref().map(|w| w.val()), self.eps)
     }
 }
 
@@ -213,11 +207,6 @@ impl<B: Backend> RmsNorm<B> {
 ///
 /// # Shapes
 /// `x`: `[B, H, L, hd]`, `cos`, `sin`: `[1, 1, L, hd]` → `[B, H, L, hd]`
-pub fn apply_rotary<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
-    let [b, h, l, hd] = x.dims();
-    let pairs = x.clone().reshape([b, h, l, hd / 2, 2]);
-    let real = pairs.clone().narrow(4, 0, 1);
-    let imag = pairs.narrow(4, 1, 1);
-    let rotated = Tensor::cat(vec![imag.neg(), real], 4).reshape([b, h, l, hd]);
-    x * cos.clone() + rotated * sin.clone()
+pub fn apply_rotary<B: ModelBackend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+    B::rotary(x, cos.clone(), sin.clone())
 }

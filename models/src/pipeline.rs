@@ -16,8 +16,12 @@ use crate::weights::randn;
 /// # Shapes
 /// - `latents`: `[B·V, F, C, H, W]` for CogVideoX, `[B·V, C, F, H, W]` for Latte, already multiplied by the
 ///   scheduler's `init_noise_sigma`; row `j` is video `j % V` of prompt `j / V`, each with its own noise
-/// - `prompt_embeds`, `negative_prompt_embeds`: `[B, S, text_embed_dim]` (Latte: `caption_channels`), one row
-///   per prompt (negative row `b` goes with prompt `b`), before the `V`-fold repetition
+/// - `prompt_embeds`, `negative_prompt_embeds`: `[B, S, text_embed_dim]` (Latte: `caption_channels`, FLUX:
+///   `joint_attention_dim`), one row per prompt (negative row `b` goes with prompt `b`), before the `V`-fold
+///   repetition
+/// - `pooled_prompt_embeds`, `negative_pooled_prompt_embeds` (FLUX only): `[B, pooled_projection_dim]`
+/// - FLUX's latents are an image's: `[B·V, 1, C, h, w]` with `C = in_channels / 4` and `h`, `w` even, unpacked
+///   (the pipeline packs 2×2 patches; the image is `8h × 8w` pixels)
 ///
 /// With `B = V = 1` this is one video.
 #[derive(Debug, Clone)]
@@ -28,6 +32,11 @@ pub struct DenoiseInput<B: Backend> {
     pub prompt_embeds: Tensor<B, 3>,
     /// Negative prompt embeddings, one row per prompt; needed when `guidance_scale > 1`.
     pub negative_prompt_embeds: Option<Tensor<B, 3>>,
+    /// Pooled prompt embeddings, one row per prompt: FLUX's `pooled_prompt_embeds` (CLIP's), required there;
+    /// refused by the families that take none (CogVideoX, Latte).
+    pub pooled_prompt_embeds: Option<Tensor<B, 2>>,
+    /// FLUX's `negative_pooled_prompt_embeds`, with `negative_prompt_embeds` under guidance.
+    pub negative_pooled_prompt_embeds: Option<Tensor<B, 2>>,
     /// Videos per prompt (`V`, diffusers' `num_videos_per_prompt`; Latte's `num_images_per_prompt`), at least 1.
     pub num_videos_per_prompt: usize,
     /// Number of denoising steps.
@@ -40,7 +49,16 @@ impl<B: Backend> DenoiseInput<B> {
     /// One video per prompt, under classifier-free guidance when `guidance_scale > 1` (which needs negative
     /// embeddings: set `negative_prompt_embeds`).
     pub fn new(latents: Tensor<B, 5>, prompt_embeds: Tensor<B, 3>, num_inference_steps: usize, guidance_scale: f64) -> Self {
-        Self { latents, prompt_embeds, negative_prompt_embeds: None, num_videos_per_prompt: 1, num_inference_steps, guidance_scale }
+        Self {
+            latents,
+            prompt_embeds,
+            negative_prompt_embeds: None,
+            pooled_prompt_embeds: None,
+            negative_pooled_prompt_embeds: None,
+            num_videos_per_prompt: 1,
+            num_inference_steps,
+            guidance_scale,
+        }
     }
 
     /// The number of videos generated (`B·V`, the latents' rows).
@@ -147,6 +165,9 @@ pub fn per_video<B: Backend>(embeds: Tensor<B, 3>, videos_per_prompt: usize) -> 
 impl<B: Backend> Guidance<B> {
     /// Checks the prompts of `input` against its latents and batches them.
     pub fn new(input: &DenoiseInput<B>) -> Result<Self> {
+        if input.pooled_prompt_embeds.is_some() || input.negative_pooled_prompt_embeds.is_some() {
+            return Err(ModelError::Shape("pooled prompt embeddings are FLUX's input; this model takes none".into()));
+        }
         let n = input.latents.dims()[0];
         let [b, _, _] = input.prompt_embeds.dims();
         let v = input.num_videos_per_prompt;

@@ -1,4 +1,4 @@
-//! One type for the model families (CogVideoX, Latte): loading from a diffusers directory by its
+//! One type for the model families (CogVideoX, Latte, FLUX): loading from a diffusers directory by its
 //! `_class_name`, the host each offers to cache engines, one generation, one forward.
 
 use std::path::Path;
@@ -10,10 +10,10 @@ use crate::error::{ModelError, Result};
 use crate::{
     denoise, CogVideoXConfig, CogVideoXDDIMScheduler, CogVideoXDDIMSchedulerConfig, CogVideoXScheduler,
     CogVideoXTransformer3DModel, DDIMScheduler, DDIMSchedulerConfig, DenoiseInput, DenoiseOptions, ForwardInput,
-    LatteConfig, LattePipeline, LatteTransformer3DModel, ModelBackend, WeightSource,
+    FluxPipeline, LatteConfig, LattePipeline, LatteTransformer3DModel, ModelBackend, WeightSource,
 };
 
-/// A transformer and its scheduler, of either family.
+/// A transformer and its scheduler, of any family.
 #[derive(Debug)]
 pub enum VideoModel<B: ModelBackend> {
     /// `CogVideoXTransformer3DModel` with `CogVideoXDDIMScheduler` or `CogVideoXDPMScheduler`
@@ -26,16 +26,19 @@ pub enum VideoModel<B: ModelBackend> {
     },
     /// `LatteTransformer3DModel` with `DDIMScheduler` (`LattePipeline`).
     Latte(LattePipeline<B>),
+    /// `FluxTransformer2DModel` with `FlowMatchEulerDiscreteScheduler` (`FluxPipeline`): an image is a clip of
+    /// one frame ([`FluxPipeline::denoise_unpacked`] says how [`DenoiseInput`] maps onto the pipeline's inputs).
+    Flux(FluxPipeline<B>),
 }
 
 impl<B: ModelBackend> VideoModel<B> {
     /// Loads a diffusers directory: a pipeline directory (`transformer/`, optional `scheduler/`) or a model
     /// directory. The family comes from `config.json`'s `_class_name`; without a scheduler config, the
-    /// family's published one is used (CogVideoX-2b's, Latte-1's). A scheduler config is built as the class
+    /// family's published one is used (CogVideoX-2b's, Latte-1's, FLUX.1-dev's). A scheduler config is built as the class
     /// its `_class_name` names, and refused when the pipeline does not run that class
     /// ([`CogVideoXScheduler::from_json_file`], [`LattePipeline::from_pretrained`]).
     pub fn from_dir(dir: &Path, device: &B::Device) -> Result<Self> {
-        let transformer = if dir.join("transformer").join("config.json").exists() { dir.join("transformer") } else { dir.to_path_buf() };
+        let transformer = crate::config_file::transformer_dir(dir);
         let config_path = transformer.join("config.json");
         let text = std::fs::read_to_string(&config_path).map_err(|source| ModelError::Io { path: config_path.clone(), source })?;
         let json: serde_json::Value = serde_json::from_str(&text)
@@ -59,8 +62,9 @@ impl<B: ModelBackend> VideoModel<B> {
                 let scheduler = DDIMScheduler::new(DDIMSchedulerConfig::latte())?;
                 Ok(Self::Latte(LattePipeline { transformer, scheduler }))
             }
+            "FluxTransformer2DModel" => Ok(Self::Flux(FluxPipeline::from_pretrained(dir, device)?)),
             other => Err(ModelError::Unsupported(format!(
-                "{}: model class {other:?} (supported: CogVideoXTransformer3DModel, LatteTransformer3DModel)",
+                "{}: model class {other:?} (supported: CogVideoXTransformer3DModel, LatteTransformer3DModel, FluxTransformer2DModel)",
                 config_path.display()
             ))),
         }
@@ -85,6 +89,7 @@ impl<B: ModelBackend> VideoModel<B> {
         match self {
             Self::CogVideoX { .. } => "CogVideoXTransformer3DModel",
             Self::Latte(_) => "LatteTransformer3DModel",
+            Self::Flux(_) => "FluxTransformer2DModel",
         }
     }
 
@@ -93,14 +98,21 @@ impl<B: ModelBackend> VideoModel<B> {
         match self {
             Self::CogVideoX { model, .. } => model.host_info(),
             Self::Latte(p) => p.transformer.host_info(),
+            Self::Flux(p) => p.transformer.host_info(),
         }
     }
 
-    /// The scheduler's timesteps for `steps` steps.
+    /// The scheduler's timesteps for `steps` steps. FLUX's are fractional and depend on the image size:
+    /// [`FluxPipeline::timesteps`] (here a [`ModelError::Unsupported`]).
     pub fn timesteps(&mut self, steps: usize) -> Result<Vec<i64>> {
         let t = match self {
             Self::CogVideoX { scheduler, .. } => scheduler.set_timesteps(steps),
             Self::Latte(p) => p.scheduler.set_timesteps(steps),
+            Self::Flux(_) => {
+                return Err(ModelError::Unsupported(
+                    "FLUX's timesteps are fractional and depend on the image size: FluxPipeline::timesteps".into(),
+                ))
+            }
         };
         t.map(<[i64]>::to_vec)
     }
@@ -115,6 +127,7 @@ impl<B: ModelBackend> VideoModel<B> {
         match self {
             Self::CogVideoX { model, scheduler } => denoise(model, scheduler, input, strategy, options),
             Self::Latte(p) => p.denoise(input, strategy, options),
+            Self::Flux(p) => p.denoise_unpacked(input, strategy, options),
         }
     }
 
@@ -122,6 +135,8 @@ impl<B: ModelBackend> VideoModel<B> {
     ///
     /// # Shapes
     /// `input.hidden_states` in the family's layout (CogVideoX `[B, F, C, H, W]`, Latte `[B, C, F, H, W]`).
+    /// FLUX takes pooled embeddings and ids that [`ForwardInput`] lacks: [`crate::FluxTransformer2DModel::forward`]
+    /// (here a [`ModelError::Unsupported`]).
     pub fn forward(&self, input: ForwardInput<B>) -> Result<Tensor<B, 5>> {
         let dims = input.hidden_states.dims();
         let device = input.hidden_states.device();
@@ -136,6 +151,9 @@ impl<B: ModelBackend> VideoModel<B> {
                 let positions = p.transformer.positions(dims[2], dims[3], dims[4], &device)?;
                 p.transformer.forward(input, &positions, &ctx, &mut Identity)
             }
+            Self::Flux(_) => Err(ModelError::Unsupported(
+                "a FLUX forward takes pooled embeddings and ids: FluxTransformer2DModel::forward with FluxInput".into(),
+            )),
         }
     }
 }

@@ -105,3 +105,40 @@ fn attention_matches_burn_across_blocks_lengths_and_layouts() {
     let back = |t: Tensor<B, 4>| t.swap_dims(1, 2).reshape([2, 45, 48]);
     assert!(rel_l2(back(got), back(generic::attention(q, k, v))) < TOL);
 }
+
+#[test]
+fn rms_norm_matches_burn_and_hand_values() {
+    // Hand value: [3, 4] has mean square 12.5; eps 0: [3, 4] / √12.5, times the weight [1, 2].
+    let x = Tensor::<B, 1>::from_floats([3.0, 4.0], &Default::default()).reshape([1, 2]);
+    let w = Tensor::<B, 1>::from_floats([1.0, 2.0], &Default::default());
+    let got = B::rms_norm(x, Some(w), 0.0).into_data().to_vec::<f32>().unwrap();
+    let r = 12.5f32.sqrt();
+    assert!((got[0] - 3.0 / r).abs() < 1e-6 && (got[1] - 8.0 / r).abs() < 1e-6, "{got:?}");
+    // Per-head norm on the strided `[B, H, L, hd]` view FLUX's attention hands it, with and without weight;
+    // an odd width (the kernel's tail).
+    let heads = rand([2, 37, 128], 30).reshape([2, 37, 4, 32]).swap_dims(1, 2);
+    for w in [None, Some(rand([32], 31))] {
+        let got = B::rms_norm(heads.clone(), w.clone(), 1e-6);
+        assert!(rel_l2(got, generic::rms_norm(heads.clone(), w, 1e-6)) < TOL);
+    }
+    let odd = rand([3, 5, 13], 32);
+    assert!(rel_l2(B::rms_norm(odd.clone(), None, 1e-6), generic::rms_norm(odd, None, 1e-6)) < TOL);
+}
+
+#[test]
+fn rotary_matches_burn_and_hand_values() {
+    // One pair (x₀, x₁) = (1, 2): (1·c₀ − 2·s₀, 2·c₁ + 1·s₁).
+    let dev = Default::default();
+    let x = Tensor::<B, 1>::from_floats([1.0, 2.0], &dev).reshape([1, 1, 1, 2]);
+    let cos = Tensor::<B, 1>::from_floats([0.5, 0.25], &dev).reshape([1, 1, 1, 2]);
+    let sin = Tensor::<B, 1>::from_floats([0.75, 0.125], &dev).reshape([1, 1, 1, 2]);
+    let got = B::rotary(x, cos, sin).into_data().to_vec::<f32>().unwrap();
+    assert_eq!(got, vec![1.0 * 0.5 - 2.0 * 0.75, 2.0 * 0.25 + 1.0 * 0.125]);
+    // The strided heads of FLUX's attention (after the q/k norm) and a contiguous batch.
+    let (cos, sin) = (rand([1, 1, 37, 32], 40), rand([1, 1, 37, 32], 41));
+    let heads = rand([2, 37, 128], 42).reshape([2, 37, 4, 32]).swap_dims(1, 2);
+    let got = B::rotary(heads.clone(), cos.clone(), sin.clone());
+    assert!(rel_l2(got, generic::rotary(heads, cos.clone(), sin.clone())) < TOL);
+    let x = rand([3, 2, 37, 32], 43);
+    assert!(rel_l2(B::rotary(x.clone(), cos.clone(), sin.clone()), generic::rotary(x, cos, sin)) < TOL);
+}

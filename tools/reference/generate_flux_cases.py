@@ -14,8 +14,9 @@ It writes, under `--out`, the directories `flux_*`:
   `flux_denoise_dynamic_shift` (FLUX.1-dev's scheduler config, `mu` from the sequence length, batch 2),
   `flux_denoise_true_cfg` (true classifier-free guidance, static shift 3.0), and the cached runs `flux_fbc`,
   `flux_fbc_true_cfg`, `flux_magcache` (diffusers' FLUX_MAG_RATIOS), `flux_magcache_true_cfg`, `flux_taylorseer`,
-  `flux_taylorseer_true_cfg`, `flux_pab`, `flux_teacache`, `flux_teacache_true_cfg` (the `_true_cfg` ones with two
-  cache contexts).
+  `flux_taylorseer_true_cfg`, `flux_pab`, `flux_fastercache_distilled` (FasterCache's attention-only mode,
+  `is_guidance_distilled`, on the guidance-distilled model), `flux_teacache`, `flux_teacache_true_cfg` (the
+  `_true_cfg` ones with two cache contexts).
 - with `--extra` also `flux_pab_true_cfg`. Not written by default: diffusers' PAB keeps one state per attention
   module, shared by the "cond" and "uncond" calls (no StateManager), so its iteration counter advances twice per
   step and the "uncond" call reuses the "cond" call's attention output; parity-cases-flux-wan.md says every engine
@@ -24,8 +25,8 @@ It writes, under `--out`, the directories `flux_*`:
 Models are tiny random `FluxTransformer2DModel`s (diffusers' own init with every matrix times `WEIGHT_SCALE` and
 0.1-sigma noise on every 1-D parameter, so RMSNorm weights and biases are not trivial), inputs from fixed seeds. The cache decisions are
 recorded from diffusers' own hooks (the head-block decision of First Block Cache, MagCache's `should_compute`,
-TaylorSeer's per-module `_measure_should_compute`, Pyramid Attention Broadcast's per-module call of the original
-forward), one object per cache context (`"cond"`, `"uncond"`), keyed by the context the pipeline set through
+TaylorSeer's per-module `_measure_should_compute`, Pyramid Attention Broadcast's and FasterCache's per-module
+call of the original forward), one object per cache context (`"cond"`, `"uncond"`), keyed by the context the pipeline set through
 `transformer.cache_context`. Thresholds are picked so that decisions mix computing and skipping and cannot flip
 under float32 differences (FBC: every measured change at least `FBC_MARGIN` away from the threshold; MagCache:
 every accumulated error at least 0.01 away). Sanity checks: a cache configured never to skip reproduces the
@@ -62,6 +63,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 from diffusers import (
+    FasterCacheConfig,
     FirstBlockCacheConfig,
     FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
@@ -70,6 +72,7 @@ from diffusers import (
     PyramidAttentionBroadcastConfig,
     TaylorSeerCacheConfig,
 )
+from diffusers.hooks import faster_cache as fc_module
 from diffusers.hooks import first_block_cache as fbc_module
 from diffusers.hooks import mag_cache as mag_module
 from diffusers.hooks import pyramid_attention_broadcast as pab_module
@@ -273,6 +276,29 @@ class Probes:
 
         pab_module.PyramidAttentionBroadcastHook.new_forward = pab_new_forward
 
+        fc_forward = fc_module.FasterCacheBlockHook.new_forward
+
+        def fc_new_forward(hook, module, *args, **kwargs):
+            # FasterCache's block state is one per module (no StateManager), as PAB's: the context is the
+            # pipeline's. A call that runs the original forward computed; one that extrapolates skipped.
+            ran = []
+            original = hook.fn_ref.original_forward
+
+            def marked(*a, **k):
+                ran.append(True)
+                return original(*a, **k)
+
+            hook.fn_ref.original_forward = marked
+            try:
+                out = fc_forward(hook, module, *args, **kwargs)
+            finally:
+                hook.fn_ref.original_forward = original
+            if cls.rec is not None:
+                cls.rec.entry().setdefault("attention", {})[hook._case_name] = "compute" if ran else "skip"
+            return out
+
+        fc_module.FasterCacheBlockHook.new_forward = fc_new_forward
+
 
 def name_hooks(model):
     """Gives every TaylorSeer / PAB hook the diffusers module name it sits on; returns the hooked names."""
@@ -281,7 +307,8 @@ def name_hooks(model):
         registry = getattr(module, "_diffusers_hook", None)
         if registry is None:
             continue
-        for key in (ts_module._TAYLORSEER_CACHE_HOOK, pab_module._PYRAMID_ATTENTION_BROADCAST_HOOK):
+        for key in (ts_module._TAYLORSEER_CACHE_HOOK, pab_module._PYRAMID_ATTENTION_BROADCAST_HOOK,
+                    fc_module._FASTER_CACHE_BLOCK_HOOK):
             hook = registry.hooks.get(key)
             if hook is not None:
                 hook._case_name = name
@@ -303,6 +330,11 @@ def diffusers_config(cache, pipe):
         return TaylorSeerCacheConfig(**kw)
     if cache["type"] == "pyramid_attention_broadcast":
         return PyramidAttentionBroadcastConfig(current_timestep_callback=lambda: pipe.current_timestep, **kw)
+    if cache["type"] == "faster_cache":
+        w = kw.pop("attention_weight")
+        kw.pop("tensor_format", None)  # the unconditional branch's layout: unused by the distilled mode
+        return FasterCacheConfig(current_timestep_callback=lambda: pipe.current_timestep,
+                                 attention_weight_callback=lambda _: w, **kw)
     raise ValueError(cache["type"])
 
 
@@ -682,6 +714,34 @@ def pab_case(out, name, model, true_cfg, seed):
     check_pab(rec, PAB, ["cond", "uncond"] if true_cfg > 1 else ["cond"])
 
 
+# FasterCache on a guidance-distilled FLUX (FLUX.1-dev: `guidance_embeds`, one call per step): diffusers' attention-
+# only mode, `is_guidance_distilled=True` (no unconditional branch to rebuild).
+FASTER_DISTILLED = {"type": "faster_cache", "spatial_attention_block_skip_range": 2,
+                    "spatial_attention_timestep_skip_range": [-1, 681], "attention_weight": 0.3,
+                    "is_guidance_distilled": True}
+
+
+def check_faster_distilled(rec, cache):
+    """diffusers' block rule per module: compute outside the window, at iteration 0 and every n-th; else
+    extrapolate (the distilled mode skips whatever the batch)."""
+    n = cache["spatial_attention_block_skip_range"]
+    lo, hi = cache["spatial_attention_timestep_skip_range"]
+    for k, e in enumerate(rec.steps):
+        inside = lo < e["timestep"] < hi
+        want = "compute" if (not inside or (k > 0 and k % n == 0)) else "skip"
+        assert set(e["cond"]["attention"].values()) == {want}, (e, k)
+
+
+def faster_distilled_case(out, name, model, seed):
+    print(name)
+    s = Setup(model, DEV_SCHEDULER, 10, 64, 64, 3.5, 1.0, batch=1, seed=seed)
+    reference = run_pipeline(s)[0]
+    never = {**FASTER_DISTILLED, "spatial_attention_timestep_skip_range": [-1, -1]}
+    rec, hooked = cached_case(out, name, s, FASTER_DISTILLED, never, reference)
+    assert hooked == PAB_SITES, hooked
+    check_faster_distilled(rec, FASTER_DISTILLED)
+
+
 def teacache_threshold(s, coefficients):
     """The threshold (on a geometric grid) with the most skips, at most two thirds of the calls that may skip (all
     but each context's first and last), then the widest margin, whose compared accumulated values all stay
@@ -781,6 +841,8 @@ def main():
     # Pyramid Attention Broadcast: diffusers hooks every FluxAttention (transformer_blocks.*.attn and
     # single_transformer_blocks.*.attn) as spatial attention; the pipeline sets `_current_timestep`.
     pab_case(out, "flux_pab", ddev, 1.0, seed=250)
+    # FasterCache where diffusers allows it on FLUX: the guidance-distilled model, attention only.
+    faster_distilled_case(out, "flux_fastercache_distilled", ddev, seed=270)
 
     # Two cache contexts (true CFG): every engine keeps its state per context, as diffusers' StateManager does.
     magcache_case(out, "flux_magcache_true_cfg", ddev, 2.0, seed=231)

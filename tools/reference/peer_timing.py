@@ -6,6 +6,9 @@ and prompt embeddings, the same steps, guidance and strategies. Writes JSON for 
     python3 tools/reference/peer_timing.py /tmp/s-bench --threads 2 --out /tmp/diffusers.json
     cargo run --release -p benches --bin ditcache -- bench --compare /tmp/diffusers.json
 
+A FLUX export (`bench.json` `"family": "flux"`, e.g. `--model flux-shapes`) runs FluxPipeline with the exported
+scheduler config, packed latents, pooled embeddings and `true_cfg_scale` as `ditcache` runs it.
+
 `--device cuda` runs diffusers on the GPU, each timed generation ending with `torch.cuda.synchronize()`; float32
 with TF32 off unless `--tf32` (burn 0.21's CUDA matmuls run float32 through tensor cores at TF32 precision, so
 `--tf32` is the like-for-like speed comparison); `tools/gpu/check.sh` uses it.
@@ -22,7 +25,14 @@ import time
 
 import torch
 from safetensors.torch import load_file
-from diffusers import CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
+from diffusers import (
+    CogVideoXDDIMScheduler,
+    CogVideoXPipeline,
+    CogVideoXTransformer3DModel,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+)
 from diffusers.hooks import (
     FasterCacheConfig,
     FirstBlockCacheConfig,
@@ -103,11 +113,22 @@ def main():
     rows = []
     strategies = [{"strategy": "baseline", "cache": {"type": "none"}}] + spec["strategies"]
     warm = True
+    flux = spec.get("family") == "flux"
     for s in strategies:
-        model = CogVideoXTransformer3DModel.from_pretrained(os.path.join(args.dir, "transformer"),
-                                                            torch_dtype=torch.float32).eval().to(device)
-        pipe = CogVideoXPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=model,
-                                 scheduler=CogVideoXDDIMScheduler(**SCHEDULER))
+        if flux:
+            model = FluxTransformer2DModel.from_pretrained(os.path.join(args.dir, "transformer"),
+                                                           torch_dtype=torch.float32).eval().to(device)
+            sched_dir = os.path.join(args.dir, "scheduler")
+            sched = (FlowMatchEulerDiscreteScheduler.from_pretrained(sched_dir) if os.path.isdir(sched_dir)
+                     else FlowMatchEulerDiscreteScheduler(base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096,
+                                                          max_shift=1.15, shift=3.0, use_dynamic_shifting=True))
+            pipe = FluxPipeline(scheduler=sched, vae=None, text_encoder=None, tokenizer=None, text_encoder_2=None,
+                                tokenizer_2=None, transformer=model)
+        else:
+            model = CogVideoXTransformer3DModel.from_pretrained(os.path.join(args.dir, "transformer"),
+                                                                torch_dtype=torch.float32).eval().to(device)
+            pipe = CogVideoXPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=model,
+                                     scheduler=CogVideoXDDIMScheduler(**SCHEDULER))
         pipe.set_progress_bar_config(disable=True)
         try:
             apply(model, s["cache"], pipe)
@@ -117,7 +138,18 @@ def main():
             continue
         lat = inputs["latents"]
 
+        def gen_flux():
+            neg = spec["true_cfg_scale"] > 1
+            return pipe(prompt_embeds=inputs["prompt_embeds"], pooled_prompt_embeds=inputs["pooled_prompt_embeds"],
+                        negative_prompt_embeds=inputs["negative_prompt_embeds"] if neg else None,
+                        negative_pooled_prompt_embeds=inputs["negative_pooled_prompt_embeds"] if neg else None,
+                        true_cfg_scale=spec["true_cfg_scale"], guidance_scale=spec["guidance_scale"],
+                        latents=lat.clone(), height=spec["height"], width=spec["width"],
+                        num_inference_steps=spec["steps"], output_type="latent", return_dict=False)[0]
+
         def gen():
+            if flux:
+                return gen_flux()
             return pipe(prompt_embeds=inputs["prompt_embeds"], negative_prompt_embeds=inputs["negative_prompt_embeds"],
                         latents=lat.clone(), height=lat.shape[3] * 8, width=lat.shape[4] * 8,
                         num_frames=(lat.shape[1] - 1) * 4 + 1, num_inference_steps=spec["steps"],

@@ -86,9 +86,11 @@ enum Command {
 /// What a generation runs on: the model, its prompt, seeds, steps and guidance.
 #[derive(clap::Args, Clone)]
 struct RunArgs {
-    /// `shapes` (the trained model in assets/shapes), `s` (benchmark model S, random weights), `2b`, `5b`,
-    /// `latte` (the Latte bench model, random weights), `latte-1`, or a diffusers model or pipeline directory
-    /// (CogVideoX or Latte, told apart by `config.json`'s `_class_name`).
+    /// `shapes` (the trained CogVideoX in assets/shapes), `flux-shapes` (the trained FLUX.1 in
+    /// assets/flux_shapes: images, true CFG), `s` (benchmark model S, random weights), `2b`, `5b`, `latte` (the
+    /// Latte bench model, random weights), `latte-1`, or a diffusers model or pipeline directory (CogVideoX,
+    /// Latte or FLUX, told apart by `config.json`'s `_class_name`; FLUX at 1024 × 1024 unless it is a trained
+    /// shapes model).
     #[arg(long, default_value = "shapes")]
     model: String,
     /// The prompt, for models with attribute embeddings (the trained model; refused for others). Repeat it for
@@ -111,7 +113,8 @@ struct RunArgs {
     /// Denoising steps.
     #[arg(long, default_value_t = 20)]
     steps: usize,
-    /// Classifier-free guidance scale.
+    /// Classifier-free guidance scale (FLUX: true CFG, or the distilled guidance input of a model with
+    /// `guidance_embeds`).
     #[arg(long, default_value_t = 6.0)]
     guidance: f64,
     /// Latent size `FRAMES,HEIGHT,WIDTH` of a preset model's inputs instead of the preset's sample size (e.g.
@@ -446,7 +449,11 @@ fn check_input_size(latents: [usize; 5], text: [usize; 3], batch: usize) -> Resu
 /// A model directory: a diffusers model directory, or a pipeline directory with `transformer/` (and, for the
 /// trained model, `attribute_embeddings.safetensors`). `shapes` is the trained model of this repository.
 fn model_dir(name: &str) -> Option<PathBuf> {
-    let path = if name == "shapes" { benches::shapes::shapes_dir() } else { PathBuf::from(name) };
+    let path = match name {
+        "shapes" => benches::shapes::shapes_dir(),
+        "flux-shapes" => benches::shapes::flux_shapes_dir(),
+        _ => PathBuf::from(name),
+    };
     let is_model_dir = path.join("transformer").join("config.json").exists() || path.join("config.json").exists();
     is_model_dir.then_some(path)
 }
@@ -455,11 +462,15 @@ fn model_dir(name: &str) -> Option<PathBuf> {
 /// model); `None` for others.
 fn prompt_embeds(name: &str, model: &VideoModel<Backend>, prompts: &[String]) -> Result<Option<(HostTensor, HostTensor)>, String> {
     let Some(dir) = model_dir(name) else { return Ok(None) };
-    let VideoModel::CogVideoX { model, .. } = model else { return Ok(None) };
+    let tokens = match model {
+        VideoModel::CogVideoX { model, .. } => model.config.max_text_seq_length,
+        VideoModel::Flux(_) => benches::video_model::FLUX_BENCH_TEXT_TOKENS,
+        VideoModel::Latte(_) => return Ok(None),
+    };
     if !dir.join("attribute_embeddings.safetensors").exists() {
         return Ok(None);
     }
-    let p = benches::shapes::Prompts::load(&dir, model.config.max_text_seq_length).map_err(|e| format!("--model {name}: {e}"))?;
+    let p = benches::shapes::Prompts::load(&dir, tokens).map_err(|e| format!("--model {name}: {e}"))?;
     let embedded = prompts.iter().map(|q| p.embed(q)).collect::<Result<Vec<_>, _>>()?;
     let negative = vec![p.negative(); prompts.len()];
     let stack = |parts| benches::video_model::rows(parts).ok_or("--prompt: at least one prompt");
@@ -476,10 +487,21 @@ fn load_model(
         if latent_size.is_some() {
             return Err("--latent-size applies to preset models; a model directory has its own config".into());
         }
-        return Ok((VideoModel::from_dir(&dir, device).map_err(|e| e.to_string())?, WeightSource::from_tensors(Default::default())));
+        let mut model = VideoModel::from_dir(&dir, device).map_err(|e| e.to_string())?;
+        if let VideoModel::Flux(p) = &mut model {
+            // A trained shapes model is generated at the size it was trained at.
+            if dir.join("attribute_embeddings.safetensors").exists() {
+                p.default_sample_size = benches::shapes::FLUX_SHAPES_SAMPLE_SIZE;
+            }
+        }
+        return Ok((model, WeightSource::from_tensors(Default::default())));
     }
-    if name == "shapes" {
-        return Err(format!("the trained model is missing at {}", benches::shapes::shapes_dir().display()));
+    match name {
+        "shapes" => return Err(format!("the trained model is missing at {}", benches::shapes::shapes_dir().display())),
+        "flux-shapes" => {
+            return Err(format!("the trained FLUX model is missing at {}", benches::shapes::flux_shapes_dir().display()))
+        }
+        _ => {}
     }
     let mut weights = WeightSource::random(seed);
     // The model's load validates the config; a resized one's errors name the option.
@@ -516,6 +538,7 @@ fn write_model_dir(model: &VideoModel<Backend>, weights: &WeightSource, out: &st
     let mut json = match model {
         VideoModel::CogVideoX { model, .. } => serde_json::to_value(&model.config),
         VideoModel::Latte(p) => serde_json::to_value(&p.transformer.config),
+        VideoModel::Flux(p) => serde_json::to_value(&p.transformer.config),
     }
     .expect("serialisable");
     json["_class_name"] = model.class_name().into();
@@ -541,7 +564,11 @@ fn bench(a: BenchArgs) -> Result<ExitCode, String> {
             return Err("--uncalibrated: the default table's MagCache, TeaCache and preset rows need a calibration; give --strategy files".into());
         }
         let cal = a.calibration.load(&a.run, &mut model, &opts)?;
-        benches::bench::default_strategies(&model.host_info(), &cal)
+        let (rows, left_out) = benches::bench::hostable_default_strategies(&model.host_info(), &cal);
+        for (name, why) in left_out {
+            eprintln!("left out {name}: {why}");
+        }
+        rows
     } else {
         a.strategies
             .iter()
@@ -553,28 +580,57 @@ fn bench(a: BenchArgs) -> Result<ExitCode, String> {
             .collect::<Result<Vec<_>, String>>()?
     };
     if let Some(dir) = &a.export {
-        if !matches!(model, VideoModel::CogVideoX { .. }) {
-            return Err("--export needs a CogVideoX model (tools/reference/peer_timing.py runs CogVideoXPipeline)".into());
-        }
+        let flux = match &model {
+            VideoModel::CogVideoX { .. } => None,
+            VideoModel::Flux(p) => Some(p.transformer.config.guidance_embeds),
+            VideoModel::Latte(_) => {
+                return Err("--export needs a CogVideoX or FLUX model (tools/reference/peer_timing.py runs CogVideoXPipeline and FluxPipeline)".into())
+            }
+        };
         match model_dir(&a.run.model) {
             Some(src) => {
-                let t = if src.join("transformer").exists() { src.join("transformer") } else { src };
+                let t = if src.join("transformer").exists() { src.join("transformer") } else { src.clone() };
                 copy_dir(&t, &dir.join("transformer"))?;
+                if src.join("scheduler").exists() {
+                    copy_dir(&src.join("scheduler"), &dir.join("scheduler"))?;
+                }
             }
             None => write_model_dir(&model, &weights, &dir.join("transformer"))?,
         }
         let input = model.bench_inputs(&opts, &device)?;
-        // One embedding row per video: CogVideoXPipeline makes one video per prompt row of passed embeddings.
-        let per_video = |t| HostTensor::from_tensor(models::per_video(t, input.num_videos_per_prompt));
+        // One embedding row per video: the pipelines make one video (image) per prompt row of passed embeddings.
+        let v = input.num_videos_per_prompt;
+        let per_video = |t| HostTensor::from_tensor(models::per_video(t, v));
+        let pooled_rows = |p: burn::tensor::Tensor<Backend, 2>| {
+            let [b, d] = p.dims();
+            HostTensor::from_tensor(p.repeat_dim(1, v).reshape([b * v, d]))
+        };
         let mut t = std::collections::BTreeMap::new();
-        t.insert("latents".to_string(), HostTensor::from_tensor(input.latents.clone()));
+        let [n, _, c, h, w] = input.latents.dims();
+        let latents = match flux {
+            // FluxPipeline takes packed latents.
+            Some(_) => HostTensor::from_tensor(models::pack_latents(input.latents.clone().reshape([n, c, h, w]))),
+            None => HostTensor::from_tensor(input.latents.clone()),
+        };
+        t.insert("latents".to_string(), latents);
         t.insert("prompt_embeds".to_string(), per_video(input.prompt_embeds.clone()));
         t.insert("negative_prompt_embeds".to_string(), per_video(input.negative_prompt_embeds.clone().expect("cfg")));
+        if let (Some(p), Some(np)) = (input.pooled_prompt_embeds.clone(), input.negative_pooled_prompt_embeds.clone()) {
+            t.insert("pooled_prompt_embeds".to_string(), pooled_rows(p));
+            t.insert("negative_pooled_prompt_embeds".to_string(), pooled_rows(np));
+        }
         save_safetensors(&dir.join("inputs.safetensors"), &t).map_err(|e| e.to_string())?;
-        let spec = serde_json::json!({
+        let mut spec = serde_json::json!({
+            "family": if flux.is_some() { "flux" } else { "cogvideox" },
             "steps": opts.steps, "guidance_scale": opts.guidance,
             "strategies": strategies.iter().map(|(n, c)| serde_json::json!({"strategy": n, "cache": c})).collect::<Vec<_>>(),
         });
+        if let Some(distilled) = flux {
+            // What FluxPipeline::denoise_unpacked runs: the distilled guidance input, or true CFG.
+            spec["true_cfg_scale"] = (if distilled { 1.0 } else { opts.guidance }).into();
+            spec["height"] = (h * models::flux::pipeline::VAE_SCALE_FACTOR).into();
+            spec["width"] = (w * models::flux::pipeline::VAE_SCALE_FACTOR).into();
+        }
         std::fs::write(dir.join("bench.json"), serde_json::to_string_pretty(&spec).expect("json")).map_err(|e| e.to_string())?;
         eprintln!("wrote {}", dir.display());
     }

@@ -179,7 +179,7 @@ impl<B: ModelBackend> CogVideoXAttention<B> {
 }
 
 /// [`crate::nn::apply_rotary`] on the tokens after the first `text` ones.
-fn rope_video<B: Backend>(x: Tensor<B, 4>, text: usize, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+fn rope_video<B: ModelBackend>(x: Tensor<B, 4>, text: usize, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
     let l = x.dims()[2];
     let txt = x.clone().narrow(2, 0, text);
     let vid = crate::nn::apply_rotary(x.narrow(2, text, l - text), cos, sin);
@@ -359,17 +359,13 @@ impl<B: ModelBackend> CogVideoXTransformer3DModel<B> {
     /// The share of a block's work done by its attention site, for `tokens` tokens (text + video), from
     /// multiply-adds: projections `4·D²`, scores and weighted sum `2·L·D`, feed-forward `8·D²` per token.
     pub fn attention_share(&self, tokens: usize) -> f64 {
-        let d = self.config.inner_dim() as f64;
-        let l = tokens as f64;
-        (4.0 * d * d + 2.0 * l * d) / (12.0 * d * d + 2.0 * l * d)
+        crate::host::block_shares(self.config.inner_dim(), tokens).0
     }
 
     /// The share of a block's work done by its feed-forward (`8·D²` per token), same accounting as
     /// [`CogVideoXTransformer3DModel::attention_share`].
     pub fn ff_share(&self, tokens: usize) -> f64 {
-        let d = self.config.inner_dim() as f64;
-        let l = tokens as f64;
-        (8.0 * d * d) / (12.0 * d * d + 2.0 * l * d)
+        crate::host::block_shares(self.config.inner_dim(), tokens).1
     }
 
     /// Positional embeddings for latents of `frames × height × width` (latent frames, latent pixels):

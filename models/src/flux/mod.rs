@@ -8,4 +8,4 @@ pub mod pipeline;
 
 pub use config::FluxConfig;
 pub use model::{FluxInput, FluxPositions, FluxTransformer2DModel};
-pub use pipeline::{latent_image_ids, packed_grid, FluxDenoiseInput, FluxPipeline};
+pub use pipeline::{latent_image_ids, pack_latents, packed_grid, unpack_latents, FluxDenoiseInput, FluxPipeline, DEFAULT_SAMPLE_SIZE};

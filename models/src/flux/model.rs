@@ -558,6 +558,18 @@ impl<B: ModelBackend> FluxTransformer2DModel<B> {
         }
     }
 
+    /// The share of a block's work done by attention at `tokens` joint tokens (text + image), as
+    /// `host::block_shares` counts it (double- and single-stream blocks alike).
+    pub fn attention_share(&self, tokens: usize) -> f64 {
+        crate::host::block_shares(self.config.inner_dim(), tokens).0
+    }
+
+    /// The share of a block's work done by its feed-forward (`ff`, `ff_context`; single-stream: `proj_mlp` and
+    /// its part of `proj_out`), as `host::block_shares` counts it.
+    pub fn ff_share(&self, tokens: usize) -> f64 {
+        crate::host::block_shares(self.config.inner_dim(), tokens).1
+    }
+
     /// The rotary tables of `cat(txt_ids, img_ids)` (`FluxPosEmbed(theta=10000)`): per axis, frequencies
     /// `1 / 10000^(2j/d)` and angles in float64 (`freqs_dtype=float64` on CPU and CUDA), each repeated per pair,
     /// cast to float32.

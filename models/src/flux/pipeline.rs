@@ -12,7 +12,7 @@ use cache_core::{Branch, CacheStrategy, CallContext, StepContext};
 use super::model::{FluxInput, FluxTransformer2DModel};
 use crate::error::{ModelError, Result};
 use crate::ops::ModelBackend;
-use crate::pipeline::progress_bar;
+use crate::pipeline::{per_video, progress_bar, DenoiseInput, DenoiseOptions};
 use crate::scheduler_flow_match::FlowMatchEulerDiscreteScheduler;
 use crate::weights::WeightSource;
 
@@ -59,7 +59,14 @@ pub struct FluxPipeline<B: ModelBackend> {
     pub transformer: FluxTransformer2DModel<B>,
     /// The scheduler.
     pub scheduler: FlowMatchEulerDiscreteScheduler,
+    /// diffusers' `default_sample_size`: the latent height and width of an image generated at the default size
+    /// (`default_sample_size × VAE_SCALE_FACTOR` pixels; FLUX.1: 128, a 1024 × 1024 image). Loading sets
+    /// [`DEFAULT_SAMPLE_SIZE`]; a model trained at another size sets its own.
+    pub default_sample_size: usize,
 }
+
+/// `FluxPipeline.default_sample_size` (latent pixels).
+pub const DEFAULT_SAMPLE_SIZE: usize = 128;
 
 /// `FluxPipeline._prepare_latent_image_ids(height // 2, width // 2)` of a `height × width` latent grid:
 /// `(0, row, column)` per packed token, rows first.
@@ -77,15 +84,14 @@ impl<B: ModelBackend> FluxPipeline<B> {
     /// Loads a diffusers pipeline directory (`transformer/`, and `scheduler/` or FLUX.1-dev's scheduler when
     /// absent), or a model directory.
     pub fn from_pretrained(dir: &std::path::Path, device: &B::Device) -> Result<Self> {
-        let transformer_dir = if dir.join("transformer").join("config.json").exists() { dir.join("transformer") } else { dir.to_path_buf() };
-        let transformer = FluxTransformer2DModel::from_pretrained(&transformer_dir, device)?;
+        let transformer = FluxTransformer2DModel::from_pretrained(&crate::config_file::transformer_dir(dir), device)?;
         let scheduler_path = dir.join("scheduler").join("scheduler_config.json");
         let scheduler = if scheduler_path.exists() {
             FlowMatchEulerDiscreteScheduler::from_json_file(&scheduler_path)?
         } else {
             FlowMatchEulerDiscreteScheduler::new(crate::FlowMatchEulerDiscreteSchedulerConfig::flux_dev())?
         };
-        Ok(Self { transformer, scheduler })
+        Ok(Self { transformer, scheduler, default_sample_size: DEFAULT_SAMPLE_SIZE })
     }
 
     /// A pipeline from a weight source and a scheduler.
@@ -95,7 +101,7 @@ impl<B: ModelBackend> FluxPipeline<B> {
         scheduler: FlowMatchEulerDiscreteScheduler,
         device: &B::Device,
     ) -> Result<Self> {
-        Ok(Self { transformer: FluxTransformer2DModel::load(config, weights, device)?, scheduler })
+        Ok(Self { transformer: FluxTransformer2DModel::load(config, weights, device)?, scheduler, default_sample_size: DEFAULT_SAMPLE_SIZE })
     }
 
     /// The scheduler's timesteps for `steps` steps on `image_seq_len` packed tokens, as the pipeline sets them:
@@ -180,5 +186,103 @@ impl<B: ModelBackend> FluxPipeline<B> {
         }
         bar.finish_and_clear();
         Ok(latents)
+    }
+}
+
+/// `FluxPipeline._pack_latents`: `[B, C, H, W]` → `[B, (H/2)·(W/2), 4C]` (2×2 patches, channels first within a
+/// patch). `H` and `W` must be even.
+pub fn pack_latents<B: Backend>(latents: Tensor<B, 4>) -> Tensor<B, 3> {
+    let [b, c, h, w] = latents.dims();
+    latents.reshape([b, c, h / 2, 2, w / 2, 2]).permute([0, 2, 4, 1, 3, 5]).reshape([b, (h / 2) * (w / 2), 4 * c])
+}
+
+/// `FluxPipeline._unpack_latents` of a `h × w` latent grid: `[B, (h/2)·(w/2), 4C]` → `[B, C, h, w]`.
+pub fn unpack_latents<B: Backend>(packed: Tensor<B, 3>, h: usize, w: usize) -> Tensor<B, 4> {
+    let [b, _, c4] = packed.dims();
+    packed.reshape([b, h / 2, w / 2, c4 / 4, 2, 2]).permute([0, 3, 1, 4, 2, 5]).reshape([b, c4 / 4, h, w])
+}
+
+impl<B: ModelBackend> FluxPipeline<B> {
+    /// [`FluxPipeline::denoise`] on the shared inputs of every family ([`DenoiseInput`]), so that a FLUX model
+    /// runs where the video families run (`VideoModel`, the bench): an image is a clip of one frame.
+    ///
+    /// - `latents` `[B·V, 1, C, h, w]` (unpacked, `C = in_channels / 4`, `h` and `w` even: an `8h × 8w`
+    ///   image) are packed, and the result unpacked, as the pipeline does;
+    /// - `pooled_prompt_embeds` is required (and `negative_pooled_prompt_embeds` with negative embeddings);
+    ///   prompts and their pooled rows are repeated per image as `num_images_per_prompt` does;
+    /// - `guidance_scale`: with `guidance_embeds` (FLUX.1-dev) it is the distilled guidance input and negative
+    ///   embeddings are refused (that model is not run with true CFG here: use [`FluxPipeline::denoise`]);
+    ///   without (FLUX.1-schnell, the trained bench model) `guidance_scale > 1` is true CFG
+    ///   (`true_cfg_scale`) with the negative embeddings, two calls per step in contexts `cond` / `uncond`.
+    /// - the scheduler is deterministic: `step_noise` is not used, as for the DDIM schedulers; `on_step` is
+    ///   refused (FLUX's timesteps are fractional: [`FluxPipeline::denoise`] hands them out as they are).
+    pub fn denoise_unpacked(
+        &mut self,
+        input: DenoiseInput<B>,
+        strategy: &mut dyn CacheStrategy<B>,
+        options: DenoiseOptions<'_, B>,
+    ) -> Result<Tensor<B, 5>> {
+        if options.on_step.is_some() {
+            return Err(ModelError::Unsupported(
+                "on_step with FLUX through DenoiseInput: its timesteps are fractional; FluxPipeline::denoise hands them to its callback".into(),
+            ));
+        }
+        let [n, f, c, h, w] = input.latents.dims();
+        let cin = self.transformer.config.in_channels;
+        if f != 1 || 4 * c != cin || h % 2 != 0 || w % 2 != 0 || h == 0 || w == 0 {
+            return Err(ModelError::Shape(format!(
+                "FLUX latents are [images, 1, {}, h, w] with h and w even (in_channels {cin} / 4), got {:?}",
+                cin / 4,
+                [n, f, c, h, w]
+            )));
+        }
+        let v = input.num_videos_per_prompt;
+        let b = input.prompt_embeds.dims()[0];
+        if v == 0 || n != b * v {
+            return Err(ModelError::Shape(format!(
+                "latents have {n} rows; {b} prompts × num_images_per_prompt {v} need {}",
+                b * v
+            )));
+        }
+        let pooled = input
+            .pooled_prompt_embeds
+            .ok_or_else(|| ModelError::Shape("FLUX needs pooled_prompt_embeds ([prompts, pooled_projection_dim])".into()))?;
+        let pooled_rows = |p: Tensor<B, 2>| {
+            let [pb, d] = p.dims();
+            p.repeat_dim(1, v).reshape([pb * v, d])
+        };
+        let distilled = self.transformer.config.guidance_embeds;
+        let negative = match (input.negative_prompt_embeds, input.negative_pooled_prompt_embeds) {
+            (Some(_), _) | (_, Some(_)) if distilled => {
+                return Err(ModelError::Shape(
+                    "a guidance-distilled FLUX (guidance_embeds) takes guidance_scale as its guidance input, not negative embeddings; FluxPipeline::denoise runs true CFG on it".into(),
+                ))
+            }
+            (Some(neg), Some(neg_pooled)) => Some((per_video(neg, v), pooled_rows(neg_pooled))),
+            (None, None) => None,
+            _ => return Err(ModelError::Shape("true CFG needs both negative_prompt_embeds and negative_pooled_prompt_embeds".into())),
+        };
+        let true_cfg_scale = if distilled { 1.0 } else { input.guidance_scale };
+        if true_cfg_scale > 1.0 && negative.is_none() {
+            return Err(ModelError::Shape("guidance_scale > 1 needs negative_prompt_embeds and negative_pooled_prompt_embeds".into()));
+        }
+        let (negative_prompt_embeds, negative_pooled_prompt_embeds) = match negative {
+            Some((e, p)) if true_cfg_scale > 1.0 => (Some(e), Some(p)),
+            _ => (None, None),
+        };
+        let flux = FluxDenoiseInput {
+            latents: pack_latents(input.latents.reshape([n, c, h, w])),
+            prompt_embeds: per_video(input.prompt_embeds, v),
+            pooled_prompt_embeds: pooled_rows(pooled),
+            negative_prompt_embeds,
+            negative_pooled_prompt_embeds,
+            height: h * VAE_SCALE_FACTOR,
+            width: w * VAE_SCALE_FACTOR,
+            num_inference_steps: input.num_inference_steps,
+            guidance_scale: input.guidance_scale,
+            true_cfg_scale,
+        };
+        let out = self.denoise(flux, strategy, options.progress, None)?;
+        Ok(unpack_latents(out, h, w).reshape([n, 1, c, h, w]))
     }
 }

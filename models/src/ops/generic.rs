@@ -64,3 +64,25 @@ pub fn layer_norm_modulate<B: Backend>(
 pub fn attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
     burn_attention(q, k, v, None, None, AttentionModuleOptions::default())
 }
+
+/// RMSNorm over the last dimension (`torch.nn.RMSNorm` / diffusers' `RMSNorm` in float32):
+/// `x / √(mean(x²) + eps) · weight`. A true division, not `recip()`.
+pub fn rms_norm<B: Backend, const D: usize>(x: Tensor<B, D>, weight: Option<Tensor<B, 1>>, eps: f64) -> Tensor<B, D> {
+    let ms = x.clone().powi_scalar(2).mean_dim(D - 1);
+    let y = x / (ms + eps).sqrt();
+    match weight {
+        Some(w) => y * w.unsqueeze(),
+        None => y,
+    }
+}
+
+/// diffusers' `apply_rotary_emb(use_real=True, use_real_unbind_dim=-1)`: each pair `(x₀, x₁)` of the head
+/// dimension becomes `(x₀·cos − x₁·sin, x₁·cos + x₀·sin)`, with `cos`/`sin` repeated per pair.
+pub fn rotary<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, h, l, hd] = x.dims();
+    let pairs = x.clone().reshape([b, h, l, hd / 2, 2]);
+    let real = pairs.clone().narrow(4, 0, 1);
+    let imag = pairs.narrow(4, 1, 1);
+    let rotated = Tensor::cat(vec![imag.neg(), real], 4).reshape([b, h, l, hd]);
+    x * cos + rotated * sin
+}

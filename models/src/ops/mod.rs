@@ -76,6 +76,22 @@ pub trait ModelBackend: Backend {
         generic::layer_norm_modulate(x, weight, bias, eps, scale, shift)
     }
 
+    /// RMSNorm over the last dimension, see [`generic::rms_norm`] (FLUX's q/k norms).
+    ///
+    /// # Shapes
+    /// `x`: `[..., d]`, `weight`: `[d]` → `[..., d]`
+    fn rms_norm<const D: usize>(x: Tensor<Self, D>, weight: Option<Tensor<Self, 1>>, eps: f64) -> Tensor<Self, D> {
+        generic::rms_norm(x, weight, eps)
+    }
+
+    /// Rotary position embedding of interleaved pairs, see [`generic::rotary`].
+    ///
+    /// # Shapes
+    /// `x`: `[B, H, L, hd]`, `cos`, `sin`: `[1, 1, L, hd]` → `[B, H, L, hd]`
+    fn rotary(x: Tensor<Self, 4>, cos: Tensor<Self, 4>, sin: Tensor<Self, 4>) -> Tensor<Self, 4> {
+        generic::rotary(x, cos, sin)
+    }
+
     /// `softmax(q kᵀ / √head_dim) v`, no mask (`F.scaled_dot_product_attention` as diffusers calls it).
     ///
     /// # Shapes

@@ -207,3 +207,34 @@ mod tests {
         }
     }
 }
+
+dispatch! {
+    /// RMSNorm of one row into `out`: `x · rstd · w` with `rstd = 1/√(mean(x²) + eps)`; `w` optional (empty).
+    pub fn rms_norm_row(x: &[f32], out: &mut [f32], eps: f32, w: &[f32]) {
+        let mut acc = [0f32; LANES];
+        let mut chunks = x.chunks_exact(LANES);
+        for c in &mut chunks {
+            for i in 0..LANES {
+                acc[i] += c[i] * c[i];
+            }
+        }
+        let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+        let rstd = 1.0 / ((acc.iter().sum::<f32>() + tail) / x.len() as f32 + eps).sqrt();
+        if w.is_empty() {
+            out.iter_mut().zip(x).for_each(|(o, v)| *o = v * rstd);
+        } else {
+            out.iter_mut().zip(x).zip(w).for_each(|((o, v), w)| *o = v * rstd * w);
+        }
+    }
+}
+
+dispatch! {
+    /// Rotary embedding of interleaved pairs into `out`: `(x₀·c₀ − x₁·s₀, x₁·c₁ + x₀·s₁)` per pair, `cos` and
+    /// `sin` of `x`'s length.
+    pub fn rotary_pairs(x: &[f32], out: &mut [f32], cos: &[f32], sin: &[f32]) {
+        for (((o, x), c), s) in out.chunks_exact_mut(2).zip(x.chunks_exact(2)).zip(cos.chunks_exact(2)).zip(sin.chunks_exact(2)) {
+            o[0] = x[0] * c[0] - x[1] * s[0];
+            o[1] = x[1] * c[1] + x[0] * s[1];
+        }
+    }
+}

@@ -73,6 +73,16 @@ where
         .unwrap_or_else(|| generic::layer_norm_modulate(x, weight, bias, eps, scale, shift))
     }
 
+    fn rms_norm<const D: usize>(x: Tensor<Self, D>, weight: Option<Tensor<Self, 1>>, eps: f64) -> Tensor<Self, D> {
+        let _t = profile::timer("rms_norm");
+        fast(|| tensor(rms_norm(&prim(&x), weight.as_ref().map(prim), eps)?)).unwrap_or_else(|| generic::rms_norm(x, weight, eps))
+    }
+
+    fn rotary(x: Tensor<Self, 4>, cos: Tensor<Self, 4>, sin: Tensor<Self, 4>) -> Tensor<Self, 4> {
+        let _t = profile::timer("rotary");
+        fast(|| tensor(rotary(&prim(&x), &prim(&cos), &prim(&sin))?)).unwrap_or_else(|| generic::rotary(x, cos, sin))
+    }
+
     fn attention(q: Tensor<Self, 4>, k: Tensor<Self, 4>, v: Tensor<Self, 4>) -> Tensor<Self, 4> {
         let _t = profile::timer("attention");
         fast(|| tensor(attention(&prim(&q), &prim(&k), &prim(&v))?)).unwrap_or_else(|| generic::attention(q, k, v))
@@ -183,6 +193,51 @@ fn layer_norm(
             }
         },
     );
+    ArrayD::from_shape_vec(IxDyn(xv.shape()), out).ok()
+}
+
+/// Elements per rayon task of the row-wise kernels: below it a split costs more than it saves.
+const TASK_ELEMENTS: usize = 1 << 14;
+
+/// RMSNorm over the last dimension, rows in parallel.
+fn rms_norm(x: &NdArrayTensor, weight: Option<NdArrayTensor>, eps: f64) -> Option<ArrayD<f32>> {
+    let xv = f32_view(x)?;
+    let d = *xv.shape().last()?;
+    let w = match weight {
+        Some(w) => vector(&w, d)?,
+        None => Vec::new(),
+    };
+    if d == 0 {
+        return None;
+    }
+    let xs = xv.as_standard_layout();
+    let xs = xs.as_slice()?;
+    let mut out = vec![0f32; xs.len()];
+    let chunk = (TASK_ELEMENTS / d + 1) * d;
+    let eps = eps as f32;
+    out.par_chunks_mut(chunk).zip(xs.par_chunks(chunk)).for_each(|(out, x)| {
+        for (o, x) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+            kernels::rms_norm_row(x, o, eps, &w);
+        }
+    });
+    ArrayD::from_shape_vec(IxDyn(xv.shape()), out).ok()
+}
+
+/// Rotary embedding of `[B, H, L, hd]` with `[1, 1, L, hd]` tables, one `L × hd` plane per task.
+fn rotary(x: &NdArrayTensor, cos: &NdArrayTensor, sin: &NdArrayTensor) -> Option<ArrayD<f32>> {
+    let (xv, cv, sv) = (f32_view(x)?, f32_view(cos)?, f32_view(sin)?);
+    if xv.ndim() != 4 {
+        return None;
+    }
+    let (l, hd) = (xv.shape()[2], xv.shape()[3]);
+    if hd % 2 != 0 || l * hd == 0 || cv.shape() != [1, 1, l, hd] || sv.shape() != [1, 1, l, hd] {
+        return None;
+    }
+    let xs = xv.as_standard_layout();
+    let (cs, ss) = (cv.as_standard_layout(), sv.as_standard_layout());
+    let (xs, cs, ss) = (xs.as_slice()?, cs.as_slice()?, ss.as_slice()?);
+    let mut out = vec![0f32; xs.len()];
+    out.par_chunks_mut(l * hd).zip(xs.par_chunks(l * hd)).for_each(|(o, x)| kernels::rotary_pairs(x, o, cs, ss));
     ArrayD::from_shape_vec(IxDyn(xv.shape()), out).ok()
 }
 
