@@ -20,7 +20,7 @@ use models::{
 const BATCH: usize = 2;
 
 fn ctx() -> CallContext {
-    CallContext::new(StepContext { step: 0, num_steps: 1, timestep: 500.0 }, Branch::Cfg(CfgOrder::UncondFirst), BATCH)
+    CallContext::new(StepContext { step: 0, num_steps: 1, timestep: 500.0, sigma: None }, Branch::Cfg(CfgOrder::UncondFirst), BATCH)
 }
 
 fn input(latents: [usize; 5], text: [usize; 3]) -> ForwardInput<Backend> {

@@ -7,7 +7,7 @@ use burn::tensor::Tensor;
 use cache_core::{AttentionKind, CacheStats, Decision, HostInfo, Identity};
 use cache_engines::{
     build, CacheConfig, Calibration, FasterCacheConfig, FirstBlockCacheConfig, Preset,
-    PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig,
+    PyramidAttentionBroadcastConfig, SeaCacheConfig, TaylorSeerCacheConfig,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use models::{DenoiseInput, DenoiseOptions, HostTensor, ModelBackend};
@@ -19,7 +19,7 @@ use crate::video_model::{BenchModel, VideoModel};
 /// The default strategy list: FBC 0.05 / 0.1 / 0.2, PAB spatial 2, FasterCache ([`FasterCacheConfig::for_host`]),
 /// MagCache at two thresholds with the calibrated ratios, TaylorSeer at two settings on every attention and
 /// feed-forward site, TeaCache at two thresholds with the calibrated polynomial (models with a step signal),
-/// and the three presets as the calibration resolved them (`quality ≥40dB`, ...).
+/// SeaCache at two thresholds (models whose pipeline hands the sigma), and the three presets as the calibration resolved them (`quality ≥40dB`, ...).
 pub fn default_strategies(host: &HostInfo, calibration: &Calibration) -> Vec<(String, CacheConfig)> {
     let steps = calibration.num_inference_steps;
     let fbc = |t| CacheConfig::FirstBlockCache(FirstBlockCacheConfig { threshold: t, ..Default::default() });
@@ -48,6 +48,10 @@ pub fn default_strategies(host: &HostInfo, calibration: &Calibration) -> Vec<(St
         if let Some(cfg) = calibration.teacache(threshold) {
             v.push((cfg.label(), cfg));
         }
+    }
+    for threshold in SEACACHE_DEFAULTS {
+        let cfg = CacheConfig::SeaCache(SeaCacheConfig { threshold, ..Default::default() });
+        v.push((cfg.label(), cfg));
     }
     v.extend(preset_rows(calibration));
     v
@@ -82,6 +86,10 @@ pub fn preset_rows(calibration: &Calibration) -> Vec<(String, CacheConfig)> {
 /// TeaCache rows of the default table: `rel_l1_thresh` with the calibrated polynomial (the authors' slow and
 /// fast settings for CogVideoX are 0.1 and 0.2–0.3).
 pub const TEACACHE_DEFAULTS: [f64; 2] = [0.1, 0.3];
+
+/// SeaCache rows of the default table (hosts that hand the sigma: Wan): diffusers' default threshold 0.25 and a
+/// faster 0.5, order 1, the other fields diffusers' defaults.
+pub const SEACACHE_DEFAULTS: [f64; 2] = [0.25, 0.5];
 
 /// MagCache rows of the default table: (threshold, max_skip_steps).
 pub const MAGCACHE_DEFAULTS: [(f64, usize); 2] = [(0.1, 3), (0.3, 3)];

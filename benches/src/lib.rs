@@ -5,6 +5,7 @@ pub mod bench;
 pub mod calibrate;
 pub mod parity;
 mod parity_flux;
+mod parity_wan;
 pub mod png;
 pub mod shapes;
 pub mod tune;

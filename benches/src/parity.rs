@@ -34,6 +34,15 @@ pub struct CaseSpec {
     /// FLUX / Wan: image width in pixels.
     #[serde(default)]
     pub width: Option<usize>,
+    /// Wan: frames as passed to the pipeline (`4(F − 1) + 1` for `F` latent frames).
+    #[serde(default)]
+    pub num_frames: Option<usize>,
+    /// Wan 2.2: the fraction of `num_train_timesteps` below which `transformer_2` runs.
+    #[serde(default)]
+    pub boundary_ratio: Option<f64>,
+    /// Wan 2.2: the guidance scale of `transformer_2`'s steps.
+    #[serde(default)]
+    pub guidance_scale_2: Option<f64>,
     /// Denoise only: videos per prompt (`latents` has `prompts × this` rows); absent means 1.
     #[serde(default)]
     pub num_videos_per_prompt: Option<usize>,
@@ -189,7 +198,17 @@ fn try_run_case<B: ModelBackend>(dir: &Path, device: &B::Device) -> Result<Outco
             };
             return Ok(Outcome { kind: spec.kind, rel_l2, tolerance, decisions_diff });
         }
-        Some(other) => return Err(format!("case family {other:?} is not supported (supported: flux, or none for CogVideoX/Latte)")),
+        Some("wan") => {
+            let (rel_l2, decisions_diff) = match spec.kind.as_str() {
+                "forward" => (crate::parity_wan::run_forward::<B>(dir, device)?, None),
+                "denoise" => crate::parity_wan::run_denoise::<B>(dir, &spec, device)?,
+                other => return Err(format!("unknown case kind {other:?}")),
+            };
+            return Ok(Outcome { kind: spec.kind, rel_l2, tolerance, decisions_diff });
+        }
+        Some(other) => {
+            return Err(format!("case family {other:?} is not supported (supported: flux, wan, or none for CogVideoX/Latte)"))
+        }
     }
     match spec.kind.as_str() {
         "forward" => {
@@ -385,8 +404,13 @@ pub fn decisions_diff(reference: &[StepTrace], ours: &[StepTrace]) -> Option<Str
     }
     reference.iter().zip(ours).find_map(|(r, o)| {
         let at = format!("step {} (reference timestep {})", r.step, r.timestep);
-        if r.step != o.step || r.timestep != o.timestep {
+        // Every scheduler's timesteps are float32; serde_json's default float parsing may land one float64 ulp
+        // off the written decimal, so the comparison is of the float32 values.
+        if r.step != o.step || r.timestep as f32 != o.timestep as f32 {
             return Some(format!("{at}: ours is step {} at timestep {}", o.step, o.timestep));
+        }
+        if r.transformer != o.transformer {
+            return Some(format!("{at}: model {:?} ran, reference {:?}", o.transformer, r.transformer));
         }
         entry_diff(r, o).map(|d| format!("{at}: {d}"))
     })

@@ -38,7 +38,7 @@ pub(crate) fn run_forward<B: ModelBackend>(dir: &Path, device: &B::Device) -> Re
     };
     let positions = model.positions(&ids(&tensors, "txt_ids")?, &ids(&tensors, "img_ids")?, device);
     let t = input.timestep.first().copied().unwrap_or(0.0) as f64;
-    let ctx = CallContext::new(StepContext { step: 0, num_steps: 1, timestep: t }, Branch::Unguided, b);
+    let ctx = CallContext::new(StepContext { step: 0, num_steps: 1, timestep: t, sigma: None }, Branch::Unguided, b);
     let out = model.forward(input, &positions, &ctx, &mut Identity).map_err(|e| e.to_string())?;
     let out = HostTensor::from_tensor(out);
     if out.shape != expected.shape {

@@ -45,6 +45,14 @@ pub fn flux_shapes_dir() -> PathBuf {
 /// 256 × 256 image, 256 packed tokens).
 pub const FLUX_SHAPES_SAMPLE_SIZE: usize = 32;
 
+/// Where the trained Wan model lives in this repository.
+pub fn wan_shapes_dir() -> PathBuf {
+    crate::crate_dir().join("../assets/wan_shapes")
+}
+
+/// The latent `(frames, height, width)` the trained Wan model was trained at (`tools/train/train_wan_shapes.py`).
+pub const WAN_SHAPES_SAMPLE_SIZE: [usize; 3] = [3, 16, 16];
+
 /// The pooled embeddings (CLIP's place in FLUX) of `[k, S, D]` prompt embeddings, as the trained FLUX model
 /// was trained with them: per prompt, the mean of its [`ATTRIBUTES`] tokens (`[k, D]`; zeros for the
 /// unconditional prompt).

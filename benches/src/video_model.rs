@@ -15,6 +15,10 @@ pub const LATTE_BENCH_TEXT_TOKENS: usize = 16;
 /// of drawn ones (FLUX.1 itself takes up to 512 T5 tokens).
 pub const FLUX_BENCH_TEXT_TOKENS: usize = 8;
 
+/// Prompt tokens of Wan bench inputs: the trained model's (`tools/train/train_wan_shapes.py`), and the length of
+/// drawn ones (Wan 2.1 itself pads UMT5's to 512).
+pub const WAN_BENCH_TEXT_TOKENS: usize = 8;
+
 /// Bench-side methods of a [`VideoModel`].
 pub trait BenchModel<B: ModelBackend> {
     /// The work model at the model's sample size (bench inputs).
@@ -33,7 +37,8 @@ pub trait BenchModel<B: ModelBackend> {
     fn bench_inputs(&self, opts: &BenchOptions, device: &B::Device) -> Result<DenoiseInput<B>, String>;
 
     /// Model calls per denoising step at this guidance: 2 for FLUX under true CFG (without `guidance_embeds`,
-    /// `guidance > 1`), else 1 (CogVideoX and Latte batch their CFG branches into one call).
+    /// `guidance > 1`) and Wan under guidance (`guidance > 1`), else 1 (CogVideoX and Latte batch their CFG
+    /// branches into one call).
     fn calls_per_step(&self, guidance: f64) -> usize;
 }
 
@@ -70,6 +75,14 @@ impl<B: ModelBackend> BenchModel<B> for VideoModel<B> {
                     ff_share: p.transformer.ff_share(tokens),
                 }
             }
+            VideoModel::Wan(p) => {
+                let t = &p.transformer;
+                let [f, h, w] = p.sample_size;
+                let [pt, ph, pw] = t.config.patch_size;
+                let tokens = (f / pt) * (h / ph) * (w / pw);
+                let (attention_share, ff_share) = t.block_shares(tokens, WAN_BENCH_TEXT_TOKENS);
+                WorkModel { num_blocks: t.config.num_layers, attention_share, ff_share }
+            }
         }
     }
 
@@ -90,12 +103,18 @@ impl<B: ModelBackend> BenchModel<B> for VideoModel<B> {
                 let s = p.default_sample_size;
                 ([1, 1, c.in_channels / 4, s, s], [1, FLUX_BENCH_TEXT_TOKENS, c.joint_attention_dim])
             }
+            VideoModel::Wan(p) => {
+                let c = &p.transformer.config;
+                let [f, h, w] = p.sample_size;
+                ([1, c.in_channels, f, h, w], [1, WAN_BENCH_TEXT_TOKENS, c.text_dim])
+            }
         }
     }
 
     fn calls_per_step(&self, guidance: f64) -> usize {
         match self {
             VideoModel::Flux(p) if !p.transformer.config.guidance_embeds && guidance > 1.0 => 2,
+            VideoModel::Wan(_) if guidance > 1.0 => 2,
             _ => 1,
         }
     }

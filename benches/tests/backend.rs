@@ -107,7 +107,7 @@ fn embedding_example_batch_1_equals_its_row_of_batch_2() {
             &dev,
         );
         let ys = Tensor::<B, 1, Int>::from_data(TensorData::new(y[rows.clone()].to_vec(), [n]), &dev);
-        let ctx = CallContext::new(StepContext { step: 0, num_steps: 1, timestep: t[rows.start] as f64 }, Branch::Unguided, n);
+        let ctx = CallContext::new(StepContext { step: 0, num_steps: 1, timestep: t[rows.start] as f64, sigma: None }, Branch::Unguided, n);
         HostTensor::from_tensor(model.forward(xs, &t[rows], ys, &ctx, &mut Identity))
     };
     let both = run(0..2);

@@ -108,7 +108,7 @@ fn denoise_with_order(c: &mut DenoiseCase<B>, s: &mut dyn CacheStrategy<B>, actu
     let mut latents = c.input.latents.clone();
     for (i, &t) in timesteps.iter().enumerate() {
         let ctx = CallContext::new(
-            StepContext { step: i, num_steps: timesteps.len(), timestep: t as f64 },
+            StepContext { step: i, num_steps: timesteps.len(), timestep: t as f64, sigma: None },
             Branch::Cfg(told),
             2,
         );
@@ -174,7 +174,7 @@ fn separate_cfg_passes_keep_separate_state() {
         let mut latents = c.input.latents.clone();
         for (i, t) in [999.0f32, 949.0, 899.0, 849.0, 799.0].into_iter().enumerate() {
             for (k, branch) in [Branch::Cond, Branch::Uncond].into_iter().enumerate() {
-                let ctx = CallContext::new(StepContext { step: i, num_steps: 5, timestep: t as f64 }, branch, 1);
+                let ctx = CallContext::new(StepContext { step: i, num_steps: 5, timestep: t as f64, sigma: None }, branch, 1);
                 let input = ForwardInput {
                     hidden_states: latents.clone(),
                     encoder_hidden_states: embeds[k].clone(),
@@ -207,7 +207,7 @@ fn per_sample_decisions_are_not_pooled() {
     // Call 1: both samples at x0. Call 2: sample 0 unchanged, sample 1 moved.
     let call = |s: &mut dyn CacheStrategy<B>, second: bool, step: usize| {
         let x = if second { Tensor::cat(vec![x0.clone(), x1.clone()], 0) } else { Tensor::cat(vec![x0.clone(), x0.clone()], 0) };
-        let ctx = CallContext::new(StepContext { step, num_steps: 2, timestep: 500.0 }, Branch::Unguided, 2);
+        let ctx = CallContext::new(StepContext { step, num_steps: 2, timestep: 500.0, sigma: None }, Branch::Unguided, 2);
         let input = ForwardInput { hidden_states: x, encoder_hidden_states: enc.clone(), timestep: vec![500.0; 2] };
         let out = model.forward(input, &positions, &ctx, s).unwrap();
         let [a, b]: [Tensor<B, 5>; 2] = out.chunk(2, 0).try_into().unwrap();

@@ -78,7 +78,7 @@ fn configurations_and_inputs_the_model_cannot_take_are_typed_errors() {
         timestep: vec![0.5],
         guidance,
     };
-    let ctx = cache_core::CallContext::new(cache_core::StepContext { step: 0, num_steps: 1, timestep: 500.0 }, Branch::Cond, 1);
+    let ctx = cache_core::CallContext::new(cache_core::StepContext { step: 0, num_steps: 1, timestep: 500.0, sigma: None }, Branch::Cond, 1);
     let run = |x| model.forward(x, &pos, &ctx, &mut cache_core::Identity);
     assert!(matches!(run(input(None, 4)), Err(ModelError::Shape(m)) if m.contains("guidance")));
     assert!(matches!(run(input(Some(vec![3.5]), 5)), Err(ModelError::Shape(m)) if m.contains("4")));

@@ -130,6 +130,13 @@ pub struct HostInfo {
     /// What the model hands to [`crate::CacheStrategy::observe_step_signal`] (for the engines' messages and
     /// calibration files), or `None` when it hands nothing (TeaCache then cannot run on it).
     pub step_signal: Option<String>,
+    /// Whether the pipeline calls the model once per guidance branch, in cache contexts `cond` / `uncond`
+    /// (FLUX's true CFG, Wan), rather than in one batched `[uncond, cond]` call (CogVideoX, Latte): an engine
+    /// written for the batched call (FasterCache's unconditional-branch cache) refuses such a host.
+    pub per_branch_calls: bool,
+    /// Whether the pipeline hands every call the scheduler's sigma of its step ([`crate::StepContext::sigma`];
+    /// `WanPipeline` does): SeaCache's gate reads it and refuses a host that hands none.
+    pub hands_sigma: bool,
 }
 
 /// A skip range (period) of zero is an error.

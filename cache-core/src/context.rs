@@ -11,6 +11,16 @@ pub struct StepContext {
     pub num_steps: usize,
     /// The scheduler's timestep of this step (diffusers' `pipe.current_timestep`).
     pub timestep: f64,
+    /// The scheduler's sigma of this step (`scheduler.sigmas[i]`), where the pipeline hands it to its cache
+    /// contexts (`WanPipeline`: SeaCache's gate reads it); `None` for pipelines that pass none.
+    pub sigma: Option<f64>,
+}
+
+impl StepContext {
+    /// A step without a sigma.
+    pub fn new(step: usize, num_steps: usize, timestep: f64) -> Self {
+        Self { step, num_steps, timestep, sigma: None }
+    }
 }
 
 /// Order of the two halves of a classifier-free-guidance batch.

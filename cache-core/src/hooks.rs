@@ -51,6 +51,14 @@ pub fn step_signal<B: Backend, S: CacheStrategy<B> + ?Sized>(
     }
 }
 
+/// The denoiser call's input latents ([`CacheStrategy::observe_latents`]), handed over only when the strategy
+/// reads them. Call it after `begin_forward`, before the patch embedding.
+pub fn input_latents<B: Backend, S: CacheStrategy<B> + ?Sized>(strategy: &mut S, ctx: &CallContext, latents: &Tensor<B, 5>) {
+    if strategy.wants_latents() {
+        strategy.observe_latents(ctx, latents);
+    }
+}
+
 /// A block stack: lets the strategy skip the whole stack, otherwise runs `head` (the first block), lets the
 /// strategy skip the rest, otherwise runs `tail` (the remaining blocks) and reports its output. Both closures
 /// get the strategy back, for the attention and module sites inside the blocks.

@@ -68,6 +68,14 @@ impl<B: Backend> CacheStrategy<B> for Stack<B> {
         self.members.iter_mut().for_each(|m| m.observe_step_signal(ctx, signal));
     }
 
+    fn wants_latents(&self) -> bool {
+        self.members.iter().any(|m| m.wants_latents())
+    }
+
+    fn observe_latents(&mut self, ctx: &CallContext, latents: &Tensor<B, 5>) {
+        self.members.iter_mut().filter(|m| m.wants_latents()).for_each(|m| m.observe_latents(ctx, latents));
+    }
+
     fn before_blocks(&mut self, ctx: &CallContext, input: &JointStates<B>) -> TailPlan<B> {
         for m in &mut self.members {
             if let TailPlan::Skip(out) = m.before_blocks(ctx, input) {

@@ -40,6 +40,9 @@ pub struct StepTrace {
     pub uncond: Option<Decision>,
     /// Per cache context (`cond`, `uncond`) of a pipeline that calls the model once per branch.
     pub contexts: BTreeMap<String, StepTrace>,
+    /// The model that ran the step in a pipeline with two (Wan 2.2's experts: `"transformer"` or
+    /// `"transformer_2"`); `None` with one model.
+    pub transformer: Option<String>,
 }
 
 impl StepTrace {
@@ -54,6 +57,9 @@ impl StepTrace {
         if top {
             m.push(("step".into(), self.step.into()));
             m.push(("timestep".into(), self.timestep.into()));
+            if let Some(t) = &self.transformer {
+                m.push(("transformer".into(), t.clone().into()));
+            }
         }
         let d = |d: Decision| serde_json::Value::String(match d {
             Decision::Compute => "compute".into(),
@@ -81,6 +87,7 @@ impl StepTrace {
         let mut out = StepTrace { step, timestep, blocks: raw.blocks, attention, ..Default::default() };
         for (key, value) in raw.rest {
             match value {
+                serde_json::Value::String(name) if key == "transformer" => out.transformer = Some(name),
                 serde_json::Value::String(_) if key == "uncond" => {
                     out.uncond = Some(serde_json::from_value(value).map_err(|e| format!("`uncond`: {e}"))?);
                 }
@@ -344,7 +351,7 @@ mod tests {
         assert!(serde_json::from_str::<StepTrace>(r#"{"step":0,"timestep":1,"extra":3}"#).is_err());
         // Recording by the call's branch: a `cond` call goes into its context, a batched one at the top.
         let mut s = CacheStats::default();
-        let step = crate::StepContext { step: 0, num_steps: 2, timestep: 1000.0 };
+        let step = crate::StepContext { step: 0, num_steps: 2, timestep: 1000.0, sigma: None };
         s.at(&CallContext::new(step, Branch::Cond, 1)).blocks = Some(Decision::Compute);
         s.at(&CallContext::new(step, Branch::Uncond, 1)).blocks = Some(Decision::Skip);
         assert_eq!((s.blocks().computed, s.blocks().reused), (1, 1));

@@ -112,6 +112,16 @@ pub trait CacheStrategy<B: Backend> {
         false
     }
 
+    /// Whether the strategy reads the denoiser call's input latents ([`CacheStrategy::observe_latents`]).
+    fn wants_latents(&self) -> bool {
+        false
+    }
+
+    /// At the start of a denoiser call (after `begin_forward`, before anything is computed), the latents the
+    /// pipeline handed the model, in the host's [`crate::HostInfo::tensor_format`] (Wan: `BCFHW`): SeaCache's
+    /// indicator is computed from them.
+    fn observe_latents(&mut self, _ctx: &CallContext, _latents: &Tensor<B, 5>) {}
+
     /// Before `before_blocks`, the tensor a timestep-aware engine (TeaCache) measures, as the model family's
     /// authors define it ([`crate::HostInfo::step_signal`] names it): CogVideoX's timestep embedding `emb`
     /// (`[B, 1, time_embed_dim]`), or the first block's modulated input (Latte: `[B, F·P, D]`).
@@ -202,6 +212,12 @@ macro_rules! forward_strategy {
             }
             fn observe_step_signal(&mut self, ctx: &CallContext, signal: &Tensor<B, 3>) {
                 (**self).observe_step_signal(ctx, signal)
+            }
+            fn wants_latents(&self) -> bool {
+                (**self).wants_latents()
+            }
+            fn observe_latents(&mut self, ctx: &CallContext, latents: &Tensor<B, 5>) {
+                (**self).observe_latents(ctx, latents)
             }
             fn before_blocks(&mut self, ctx: &CallContext, input: &JointStates<B>) -> TailPlan<B> {
                 (**self).before_blocks(ctx, input)

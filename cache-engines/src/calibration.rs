@@ -252,6 +252,8 @@ pub(crate) mod tests {
             modules: vec![],
             module_names: vec![],
             step_signal: None,
+            per_branch_calls: false,
+            hands_sigma: false,
         };
         let e = cal.check("LatteTransformer3DModel", &host, 20, 6.0).unwrap_err();
         assert!(matches!(&e, ConfigError::Mismatch { what: "model class", found, .. } if found == "LatteTransformer3DModel"), "{e}");

@@ -37,6 +37,7 @@ pub(crate) fn label(config: &CacheConfig) -> String {
             format!("taylorseer(i{},o{},b{}{after})", c.cache_interval, c.max_order, c.disable_cache_before_step)
         }
         CacheConfig::TeaCache(c) => format!("teacache({})", c.rel_l1_thresh),
+        CacheConfig::SeaCache(c) => format!("seacache({},o{},k{})", c.threshold, c.residual_order, c.max_consecutive_cached),
         CacheConfig::Stack { strategies } => strategies.iter().map(label).collect::<Vec<_>>().join("+"),
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! The facade a user depends on to turn a configuration (code, JSON or TOML) into an engine for a model:
 //! [`CacheConfig`] is the tagged union of every engine's configuration with diffusers' names
-//! (`{"type": "first_block_cache", "threshold": 0.05}`, `type = "mag_cache"` or `"teacache"` in TOML; a stack is
+//! (`{"type": "first_block_cache", "threshold": 0.05}`, `type = "mag_cache"`, `"sea_cache"` or `"teacache"` in TOML; a stack is
 //! `{"type": "stack", "strategies": [...]}`), [`CacheConfig::check_host`] says whether a model can take it,
 //! [`build`] makes the engine, [`Preset`] names the three presets (quality targets), [`Calibration`] resolves them for a model. `cache-core` knows no engine; adding an
 //! engine touches its crate and this one.
@@ -24,6 +24,7 @@ pub use cache_magcache::{MagCache, MagCacheConfig, FLUX_MAG_RATIOS};
 pub use cache_pab::{PyramidAttentionBroadcast, PyramidAttentionBroadcastConfig};
 pub use cache_taylorseer::{patterns_for_host as cache_taylorseer_patterns, FactorDtype, TaylorSeer, TaylorSeerCacheConfig};
 pub use cache_magcache::schedule as magcache_schedule;
+pub use cache_seacache::{schedule as seacache_schedule, FailOpen as SeaCacheFailOpen, LatentLayout, SeaCache, SeaCacheConfig};
 pub use cache_teacache::{schedule as teacache_schedule, TeaCache, TeaCacheConfig, PUBLISHED_COEFFICIENTS as TEACACHE_PUBLISHED_COEFFICIENTS};
 pub use calibration::{CalibratedPreset, Calibration, ModelId, PresetConfig, TeaCacheFit};
 pub use resolve::{candidates, predicted_error, resolve_presets, Candidate, Verification, MARGIN_DB, MAX_VERIFICATIONS};
@@ -52,6 +53,8 @@ pub enum CacheConfig {
     /// TeaCache (the authors' rule; not in diffusers).
     #[serde(rename = "teacache")]
     TeaCache(TeaCacheConfig),
+    /// SeaCache (`sea_cache`).
+    SeaCache(SeaCacheConfig),
     /// Several strategies, consulted in this order at every hook.
     Stack {
         /// The members.
@@ -83,6 +86,14 @@ fn conflict(a: &CacheConfig, b: &CacheConfig) -> Option<&'static str> {
         }
         (C::TaylorSeerCache(_), C::FasterCache(_)) | (C::FasterCache(_), C::TaylorSeerCache(_)) => {
             "FasterCache's conditional-only calls change the batch TaylorSeer's factors were stored for"
+        }
+        (C::SeaCache(_), C::SeaCache(_)) => "two SeaCaches decide the same block stack",
+        (C::SeaCache(_), C::MagCache(_) | C::TeaCache(_) | C::FirstBlockCache(_))
+        | (C::MagCache(_) | C::TeaCache(_) | C::FirstBlockCache(_), C::SeaCache(_)) => {
+            "SeaCache decides the whole block stack, as MagCache, TeaCache and First Block Cache do"
+        }
+        (C::SeaCache(_), C::FasterCache(_)) | (C::FasterCache(_), C::SeaCache(_)) => {
+            "FasterCache's conditional-only calls change the batch SeaCache's residuals and indicators were stored for"
         }
         _ => return None,
     })
@@ -119,6 +130,7 @@ impl CacheConfig {
             CacheConfig::MagCache(c) => c.validate(),
             CacheConfig::TaylorSeerCache(c) => c.validate(),
             CacheConfig::TeaCache(c) => c.validate(),
+            CacheConfig::SeaCache(c) => c.validate(),
             CacheConfig::Stack { strategies } => {
                 check_stack(strategies)?;
                 strategies.iter().try_for_each(CacheConfig::validate)
@@ -137,6 +149,7 @@ impl CacheConfig {
             CacheConfig::MagCache(c) => c.check_host(host),
             CacheConfig::TaylorSeerCache(c) => c.check_host(host),
             CacheConfig::TeaCache(c) => c.check_host(host),
+            CacheConfig::SeaCache(c) => c.check_host(host),
             CacheConfig::Stack { strategies } => {
                 check_stack(strategies)?;
                 strategies.iter().try_for_each(|s| s.check_host(host))
@@ -156,7 +169,8 @@ impl CacheConfig {
         }
     }
 
-    /// A short label for tables: `fbc(0.05)`, `pab(s2)`, `magcache(0.1,k3)`, `taylorseer(i4,o1)`, `a+b`.
+    /// A short label for tables: `fbc(0.05)`, `pab(s2)`, `magcache(0.1,k3)`, `seacache(0.25,o1,k2)`,
+    /// `taylorseer(i4,o1)`, `a+b`.
     pub fn label(&self) -> String {
         label::label(self)
     }
@@ -165,10 +179,10 @@ impl CacheConfig {
 /// A boxed engine for `config`, after checking that `host` can take it.
 pub fn build<B: Backend>(config: &CacheConfig, host: &HostInfo) -> Result<Box<dyn CacheStrategy<B>>, ConfigError> {
     config.check_host(host)?;
-    build_checked(config)
+    build_checked(config, host)
 }
 
-fn build_checked<B: Backend>(config: &CacheConfig) -> Result<Box<dyn CacheStrategy<B>>, ConfigError> {
+fn build_checked<B: Backend>(config: &CacheConfig, host: &HostInfo) -> Result<Box<dyn CacheStrategy<B>>, ConfigError> {
     Ok(match config {
         CacheConfig::None => Box::new(Identity),
         CacheConfig::FirstBlockCache(c) => Box::new(FirstBlockCache::<B>::new(c.clone())),
@@ -177,8 +191,10 @@ fn build_checked<B: Backend>(config: &CacheConfig) -> Result<Box<dyn CacheStrate
         CacheConfig::MagCache(c) => Box::new(MagCache::<B>::new(c.clone())),
         CacheConfig::TaylorSeerCache(c) => Box::new(TaylorSeer::<B>::new(c.clone())?),
         CacheConfig::TeaCache(c) => Box::new(TeaCache::<B>::new(c.clone())),
+        // The host's latent layout (BCFHW or BFCHW) decides how the indicator reads the latents.
+        CacheConfig::SeaCache(c) => Box::new(SeaCache::<B>::for_host(c.clone(), host)?),
         CacheConfig::Stack { strategies } => {
-            Box::new(Stack::new(strategies.iter().map(build_checked).collect::<Result<_, _>>()?))
+            Box::new(Stack::new(strategies.iter().map(|s| build_checked(s, host)).collect::<Result<_, _>>()?))
         }
     })
 }

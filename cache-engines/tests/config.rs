@@ -12,7 +12,7 @@ fn cogvideox_host() -> HostInfo {
         .flat_map(|i| ["", ".norm1", ".attn1", ".attn1.to_q", ".ff", ".ff.net.0.proj"].map(|n| format!("transformer_blocks.{i}{n}")))
         .chain(["proj_out".to_string()])
         .collect();
-    HostInfo { sites, num_blocks: 2, tensor_format: "BFCHW".into(), modules, module_names, step_signal: Some("emb".into()) }
+    HostInfo { sites, num_blocks: 2, tensor_format: "BFCHW".into(), modules, module_names, step_signal: Some("emb".into()), per_branch_calls: false, hands_sigma: false }
 }
 
 #[test]
@@ -203,4 +203,50 @@ fn faster_cache_refuses_a_layout_the_model_does_not_produce() {
     CacheConfig::FasterCache(FasterCacheConfig::cogvideox()).check_host(&cogvideox_host()).unwrap();
     let latte = HostInfo { tensor_format: "BCFHW".into(), ..cogvideox_host() };
     CacheConfig::FasterCache(FasterCacheConfig::for_host(&latte)).check_host(&latte).unwrap();
+}
+
+#[test]
+fn sea_cache_uses_diffusers_names_builds_for_video_latents_and_decides_the_whole_stack() {
+    // parity-cases-flux-wan.md's form, JSON and TOML.
+    let c: CacheConfig = serde_json::from_str(
+        r#"{"type": "sea_cache", "threshold": 0.3, "residual_order": 0, "retention_steps": 2, "cache_end_steps": 1,
+            "max_consecutive_cached": 3, "power_exp": 3.0}"#,
+    )
+    .unwrap();
+    let CacheConfig::SeaCache(s) = &c else { panic!("{c:?}") };
+    assert_eq!((s.threshold, s.residual_order, s.retention_steps, s.max_consecutive_cached), (0.3, 0, 2, 3));
+    assert_eq!(c.label(), "seacache(0.3,o0,k3)");
+    let t: CacheConfig = toml::from_str("type = \"sea_cache\"\n").unwrap();
+    assert_eq!(t, CacheConfig::SeaCache(SeaCacheConfig::default()));
+    assert!(serde_json::from_str::<CacheConfig>(r#"{"type": "sea_cache", "treshold": 0.1}"#).is_err());
+    let bad: CacheConfig = serde_json::from_str(r#"{"type": "sea_cache", "threshold": -0.1}"#).unwrap();
+    assert!(matches!(bad.validate(), Err(ConfigError::Negative { field: "threshold", .. })));
+    // Video latents in either layout (CogVideoX's BFCHW is permuted), not FLUX's packed tokens; no step count
+    // to check (the step count comes with each call).
+    let wan = HostInfo { tensor_format: "BCFHW".into(), per_branch_calls: true, hands_sigma: true, ..cogvideox_host() };
+    let bfchw = HostInfo { hands_sigma: true, ..cogvideox_host() };
+    for host in [&wan, &bfchw] {
+        c.check_host(host).unwrap();
+        build::<burn_ndarray::NdArray<f32>>(&c, host).unwrap();
+    }
+    // A pipeline that hands no sigma (CogVideoX's, Latte's) would leave the gate computing every call: refused.
+    assert!(matches!(c.check_host(&cogvideox_host()), Err(ConfigError::NotHostable(m)) if m.contains("sigma")));
+    c.check_steps(7).unwrap();
+    let flux = HostInfo { tensor_format: "BLC".into(), per_branch_calls: true, hands_sigma: true, ..cogvideox_host() };
+    assert!(matches!(build::<burn_ndarray::NdArray<f32>>(&c, &flux).map(|_| ()), Err(ConfigError::NotHostable(m)) if m.contains("BLC")));
+    // It decides the whole stack: no second decider, no FasterCache batch changes; attention-level engines stack.
+    let mag = CacheConfig::MagCache(MagCacheConfig::calibration(12));
+    let tea = CacheConfig::TeaCache(TeaCacheConfig::published("CogVideoX-5b", 0.2, 50).unwrap());
+    for other in [CacheConfig::FirstBlockCache(Default::default()), mag, tea, CacheConfig::FasterCache(FasterCacheConfig::cogvideox()), c.clone()] {
+        for pair in [vec![c.clone(), other.clone()], vec![other, c.clone()]] {
+            let stack = CacheConfig::Stack { strategies: pair };
+            assert!(matches!(stack.validate(), Err(ConfigError::Conflict(_))), "{}", stack.label());
+        }
+    }
+    let pab = CacheConfig::PyramidAttentionBroadcast(PyramidAttentionBroadcastConfig { spatial_attention_block_skip_range: Some(2), ..Default::default() });
+    CacheConfig::Stack { strategies: vec![c.clone(), pab] }.check_host(&bfchw).unwrap();
+    // The decisions from per-step distances: steps 0 and 1 retained, then reuses while the sum stays below 0.3
+    // (0.1, 0.2, 0.25), the last step computes.
+    let skips = seacache_schedule(s, 6, &[0.1, 0.1, 0.1, 0.05, 0.1]);
+    assert_eq!(skips, vec![false, false, true, true, true, false]);
 }

@@ -188,21 +188,23 @@ impl FasterCacheConfig {
     /// range set has a site of `host` to act on.
     pub fn check_host(&self, host: &HostInfo) -> Result<(), ConfigError> {
         self.validate()?;
-        // FLUX's packed `[B, L, C]` output comes from one call per guidance branch (cache contexts `cond` /
-        // `uncond`), not the batched CFG call FasterCache's unconditional-branch cache and frequency split are
-        // written for. Its attention-only mode (`is_guidance_distilled`, diffusers' setting for FLUX.1-dev) runs
-        // no unconditional branch, so the layout is not used and not checked (case flux_fastercache_distilled).
-        if host.tensor_format == "BLC" {
-            if !self.is_guidance_distilled {
-                return Err(ConfigError::NotHostable(
-                    "FasterCache's unconditional-branch cache on a model called once per guidance branch with packed \
-                     [B, L, C] latents (FLUX) is not what diffusers runs; set is_guidance_distilled (attention only, \
-                     as diffusers does for FLUX.1-dev), or use first_block_cache, mag_cache, taylorseer_cache or \
-                     pyramid_attention_broadcast"
-                        .into(),
-                ));
-            }
-        } else if TensorFormat::parse(&self.tensor_format)? != TensorFormat::parse(&host.tensor_format)? {
+        // FLUX and Wan call the model once per guidance branch (cache contexts `cond` / `uncond`), not in the
+        // batched CFG call FasterCache's unconditional-branch cache and frequency split are written for (and
+        // diffusers' FasterCache keeps one state per module, not per context). Its attention-only mode
+        // (`is_guidance_distilled`, diffusers' setting for FLUX.1-dev) runs no unconditional branch.
+        if host.per_branch_calls && !self.is_guidance_distilled {
+            return Err(ConfigError::NotHostable(
+                "FasterCache's unconditional-branch cache on a model called once per guidance branch (FLUX's true \
+                 CFG, Wan) is not what diffusers runs; set is_guidance_distilled (attention only, as diffusers does \
+                 for FLUX.1-dev), or use first_block_cache, mag_cache, sea_cache, taylorseer_cache or \
+                 pyramid_attention_broadcast"
+                    .into(),
+            ));
+        }
+        // FLUX's packed `[B, L, C]` is no FasterCache layout: the attention-only mode does not use one, so it is
+        // not checked there (case flux_fastercache_distilled).
+        if host.tensor_format != "BLC"
+            && TensorFormat::parse(&self.tensor_format)? != TensorFormat::parse(&host.tensor_format)? {
             // The engine takes the host's output as it comes; a config that states another layout describes
             // another model (a 4-D BCHW one, or frames and channels swapped), so it is refused, not reinterpreted.
             return Err(ConfigError::TensorFormatMismatch {

@@ -204,7 +204,7 @@ mod tests {
     type B = NdArray<f32>;
 
     fn ctx(step: usize) -> CallContext {
-        CallContext::new(StepContext { step, num_steps: 6, timestep: 0.0 }, Branch::Unguided, 1)
+        CallContext::new(StepContext { step, num_steps: 6, timestep: 0.0, sigma: None }, Branch::Unguided, 1)
     }
 
     /// The hand-derived configuration of both tests.

@@ -262,7 +262,7 @@ mod tests {
         let v = Tensor::<B, 3>::from_floats([[[0.5, -2.0], [1.0, 3.0]]], &dev);
         let mut decisions = String::new();
         for step in 0..7 {
-            let ctx = CallContext::new(StepContext { step, num_steps: 7, timestep: 0.0 }, Branch::Unguided, 1);
+            let ctx = CallContext::new(StepContext { step, num_steps: 7, timestep: 0.0, sigma: None }, Branch::Unguided, 1);
             for index in 0..2 {
                 let site = ModuleSite { stack: "blocks", index, name: "ff" };
                 let truth = v.clone() * (step as f32 + 1.0);
@@ -283,7 +283,7 @@ mod tests {
         }
         assert_eq!(decisions, "CCCCPPCCPPPPCC");
         let unhooked = ModuleSite { stack: "other", index: 0, name: "ff" };
-        let ctx = CallContext::new(StepContext { step: 2, num_steps: 7, timestep: 0.0 }, Branch::Unguided, 1);
+        let ctx = CallContext::new(StepContext { step: 2, num_steps: 7, timestep: 0.0, sigma: None }, Branch::Unguided, 1);
         assert!(matches!(e.before_module(&ctx, &unhooked), AttentionPlan::Compute));
     }
 }

@@ -115,6 +115,24 @@ pub(crate) fn flux_names(cfg: &crate::flux::FluxConfig) -> Vec<String> {
     v
 }
 
+/// `WanTransformer3DModel`'s modules (`named_modules()` order of diffusers 0.42.1, text-to-video).
+pub(crate) fn wan_names(cfg: &crate::wan::WanConfig) -> Vec<String> {
+    let mut v = owned(&["", "rope", "patch_embedding", "condition_embedder", "condition_embedder.timesteps_proj"]);
+    v.extend(prefixed("condition_embedder.time_embedder", &["", "linear_1", "act", "linear_2"]));
+    v.extend(owned(&["condition_embedder.act_fn", "condition_embedder.time_proj"]));
+    v.extend(prefixed("condition_embedder.text_embedder", &["", "linear_1", "act_1", "linear_2"]));
+    let attn = ["", "to_q", "to_k", "to_v", "to_out", "to_out.0", "to_out.1", "norm_q", "norm_k"];
+    let mut block: Vec<String> = owned(&["", "norm1"]);
+    block.extend(prefixed("attn1", &attn));
+    block.extend(prefixed("attn2", &attn));
+    block.push("norm2".into());
+    block.extend(prefixed("ffn", &["", "net", "net.0", "net.0.proj", "net.1", "net.2"]));
+    block.push("norm3".into());
+    v.extend(block_names("blocks", cfg.num_layers, &block));
+    v.extend(owned(&["norm_out", "proj_out"]));
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,5 +158,13 @@ mod tests {
         let i = flux.iter().position(|n| n == "single_transformer_blocks").unwrap();
         assert_eq!(flux[i - 1], "transformer_blocks.1.ff_context.net.2");
         assert_eq!(&flux[125..], ["norm_out.silu", "norm_out.linear", "norm_out.norm", "proj_out"]);
+        // WanTransformer3DModel(num_layers=2, ...).named_modules(): 74 names, 28 per block.
+        let wan = wan_names(&crate::wan::WanConfig { num_layers: 2, ..Default::default() });
+        assert_eq!(wan.len(), 74);
+        assert_eq!(&wan[13..18], ["condition_embedder.text_embedder.act_1", "condition_embedder.text_embedder.linear_2", "blocks", "blocks.0", "blocks.0.norm1"]);
+        assert_eq!(&wan[25..29], ["blocks.0.attn1.norm_q", "blocks.0.attn1.norm_k", "blocks.0.attn2", "blocks.0.attn2.to_q"]);
+        assert_eq!(&wan[36..45], ["blocks.0.norm2", "blocks.0.ffn", "blocks.0.ffn.net", "blocks.0.ffn.net.0", "blocks.0.ffn.net.0.proj",
+                                  "blocks.0.ffn.net.1", "blocks.0.ffn.net.2", "blocks.0.norm3", "blocks.1"]);
+        assert_eq!(&wan[72..], ["norm_out", "proj_out"]);
     }
 }

@@ -164,8 +164,12 @@ impl<B: ModelBackend> FeedForward<B> {
 
     /// Loads `{name}.net.0.proj` (`dim → 4·dim`) and `{name}.net.2` (FLUX's `ff_context`).
     pub fn load_named(vb: &mut VarBuilder<'_, B>, name: &str, dim: usize) -> Result<Self> {
+        Self::load_inner(vb, name, dim, 4 * dim)
+    }
+
+    /// Loads `{name}.net.0.proj` (`dim → inner`) and `{name}.net.2` (`inner → dim`; Wan's `ffn`, `ffn_dim` wide).
+    pub fn load_inner(vb: &mut VarBuilder<'_, B>, name: &str, dim: usize, inner: usize) -> Result<Self> {
         let mut vb = vb.pp(name);
-        let inner = 4 * dim;
         Ok(Self {
             net_0_proj: Linear::load(&mut vb, "net.0.proj", dim, inner, true)?,
             net_2: Linear::load(&mut vb, "net.2", inner, dim, true)?,

@@ -258,7 +258,7 @@ pub(crate) fn guided_steps_indexed<B: Backend>(
     let bar = progress_bar(options.progress, timesteps.len());
     for (i, &t) in timesteps.iter().enumerate() {
         let ctx = CallContext::new(
-            StepContext { step: i, num_steps: timesteps.len(), timestep: t as f64 },
+            StepContext { step: i, num_steps: timesteps.len(), timestep: t as f64, sigma: None },
             guidance.branch,
             guidance.batch,
         );

@@ -1,4 +1,4 @@
-//! One type for the model families (CogVideoX, Latte, FLUX): loading from a diffusers directory by its
+//! One type for the model families (CogVideoX, Latte, FLUX, Wan): loading from a diffusers directory by its
 //! `_class_name`, the host each offers to cache engines, one generation, one forward.
 
 use std::path::Path;
@@ -29,6 +29,9 @@ pub enum VideoModel<B: ModelBackend> {
     /// `FluxTransformer2DModel` with `FlowMatchEulerDiscreteScheduler` (`FluxPipeline`): an image is a clip of
     /// one frame ([`FluxPipeline::denoise_unpacked`] says how [`DenoiseInput`] maps onto the pipeline's inputs).
     Flux(FluxPipeline<B>),
+    /// `WanTransformer3DModel` with `UniPCMultistepScheduler` or `FlowMatchEulerDiscreteScheduler`
+    /// (`WanPipeline`; one expert through [`DenoiseInput`]: [`crate::wan::WanPipeline::denoise_shared`]).
+    Wan(crate::wan::WanPipeline<B>),
 }
 
 impl<B: ModelBackend> VideoModel<B> {
@@ -63,8 +66,9 @@ impl<B: ModelBackend> VideoModel<B> {
                 Ok(Self::Latte(LattePipeline { transformer, scheduler }))
             }
             "FluxTransformer2DModel" => Ok(Self::Flux(FluxPipeline::from_pretrained(dir, device)?)),
+            "WanTransformer3DModel" => Ok(Self::Wan(crate::wan::WanPipeline::from_pretrained(dir, device)?)),
             other => Err(ModelError::Unsupported(format!(
-                "{}: model class {other:?} (supported: CogVideoXTransformer3DModel, LatteTransformer3DModel, FluxTransformer2DModel)",
+                "{}: model class {other:?} (supported: CogVideoXTransformer3DModel, LatteTransformer3DModel, FluxTransformer2DModel, WanTransformer3DModel)",
                 config_path.display()
             ))),
         }
@@ -90,6 +94,7 @@ impl<B: ModelBackend> VideoModel<B> {
             Self::CogVideoX { .. } => "CogVideoXTransformer3DModel",
             Self::Latte(_) => "LatteTransformer3DModel",
             Self::Flux(_) => "FluxTransformer2DModel",
+            Self::Wan(_) => "WanTransformer3DModel",
         }
     }
 
@@ -99,6 +104,7 @@ impl<B: ModelBackend> VideoModel<B> {
             Self::CogVideoX { model, .. } => model.host_info(),
             Self::Latte(p) => p.transformer.host_info(),
             Self::Flux(p) => p.transformer.host_info(),
+            Self::Wan(p) => p.transformer.host_info(),
         }
     }
 
@@ -113,6 +119,14 @@ impl<B: ModelBackend> VideoModel<B> {
                     "FLUX's timesteps are fractional and depend on the image size: FluxPipeline::timesteps".into(),
                 ))
             }
+            Self::Wan(p) => match &mut p.scheduler {
+                crate::wan::WanScheduler::UniPC(s) => s.set_timesteps(steps),
+                crate::wan::WanScheduler::FlowMatchEuler(_) => {
+                    return Err(ModelError::Unsupported(
+                        "FlowMatchEulerDiscreteScheduler's timesteps are fractional: WanPipeline::timesteps".into(),
+                    ))
+                }
+            },
         };
         t.map(<[i64]>::to_vec)
     }
@@ -128,19 +142,20 @@ impl<B: ModelBackend> VideoModel<B> {
             Self::CogVideoX { model, scheduler } => denoise(model, scheduler, input, strategy, options),
             Self::Latte(p) => p.denoise(input, strategy, options),
             Self::Flux(p) => p.denoise_unpacked(input, strategy, options),
+            Self::Wan(p) => p.denoise_shared(input, strategy, options),
         }
     }
 
     /// One uncached forward of an unguided batch, positions computed from the input's size.
     ///
     /// # Shapes
-    /// `input.hidden_states` in the family's layout (CogVideoX `[B, F, C, H, W]`, Latte `[B, C, F, H, W]`).
+    /// `input.hidden_states` in the family's layout (CogVideoX `[B, F, C, H, W]`, Latte and Wan `[B, C, F, H, W]`).
     /// FLUX takes pooled embeddings and ids that [`ForwardInput`] lacks: [`crate::FluxTransformer2DModel::forward`]
     /// (here a [`ModelError::Unsupported`]).
     pub fn forward(&self, input: ForwardInput<B>) -> Result<Tensor<B, 5>> {
         let dims = input.hidden_states.dims();
         let device = input.hidden_states.device();
-        let step = StepContext { step: 0, num_steps: 1, timestep: input.timestep.first().copied().unwrap_or(0.0) as f64 };
+        let step = StepContext { step: 0, num_steps: 1, timestep: input.timestep.first().copied().unwrap_or(0.0) as f64, sigma: None };
         let ctx = CallContext::new(step, Branch::Unguided, dims[0]);
         match self {
             Self::CogVideoX { model, .. } => {
@@ -149,6 +164,10 @@ impl<B: ModelBackend> VideoModel<B> {
             }
             Self::Latte(p) => {
                 let positions = p.transformer.positions(dims[2], dims[3], dims[4], &device)?;
+                p.transformer.forward(input, &positions, &ctx, &mut Identity)
+            }
+            Self::Wan(p) => {
+                let positions = p.transformer.positions(p.transformer.grid(dims[2], dims[3], dims[4])?, &device);
                 p.transformer.forward(input, &positions, &ctx, &mut Identity)
             }
             Self::Flux(_) => Err(ModelError::Unsupported(

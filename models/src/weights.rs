@@ -172,6 +172,16 @@ impl WeightSource {
         Ok(t)
     }
 
+    /// Whether the source holds a weight of this name (a random source holds none until drawn): for a layout
+    /// choice between two forms of the same checkpoint.
+    pub fn contains(&self, name: &str) -> bool {
+        match &self.source {
+            Source::Checkpoint(c) => c.index.contains_key(name),
+            Source::Memory(m) => m.contains_key(name),
+            Source::Random { .. } => false,
+        }
+    }
+
     /// Ends loading: an error naming every weight of the checkpoint that the model did not take.
     pub fn finish(&self) -> Result<()> {
         let names: Vec<String> = match &self.source {
@@ -361,6 +371,11 @@ impl<'a, B: Backend> VarBuilder<'a, B> {
     pub fn host(&mut self, name: &str, shape: &[usize], init: Init) -> Result<HostTensor> {
         let full = self.full(name);
         self.source.get(&full, shape, init)
+    }
+
+    /// Whether the source holds `prefix.name` ([`WeightSource::contains`]).
+    pub fn contains(&self, name: &str) -> bool {
+        self.source.contains(&self.full(name))
     }
 
     /// Fetches a weight as a parameter, in PyTorch layout.

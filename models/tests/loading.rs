@@ -46,7 +46,7 @@ fn forward(model: &CogVideoXTransformer3DModel<B>) -> Vec<f32> {
         timestep: t["timestep"].data.clone(),
     };
     let positions = model.positions(f, h, w, &device).unwrap();
-    let ctx = CallContext::new(StepContext { step: 0, num_steps: 1, timestep: 0.0 }, Branch::Unguided, b);
+    let ctx = CallContext::new(StepContext { step: 0, num_steps: 1, timestep: 0.0, sigma: None }, Branch::Unguided, b);
     HostTensor::from_tensor(model.forward(input, &positions, &ctx, &mut Identity).unwrap()).data
 }
 
@@ -163,7 +163,7 @@ fn wrong_input_shapes_are_errors() {
     let model = CogVideoXTransformer3DModel::<B>::load(&cfg, &mut WeightSource::random(3), &device).unwrap();
     assert!(matches!(model.positions(2, 7, 8, &device), Err(ModelError::Shape(_))));
     let positions = model.positions(2, 8, 8, &device).unwrap();
-    let ctx = CallContext::new(StepContext { step: 0, num_steps: 1, timestep: 1.0 }, Branch::Unguided, 1);
+    let ctx = CallContext::new(StepContext { step: 0, num_steps: 1, timestep: 1.0, sigma: None }, Branch::Unguided, 1);
     let input = |c: usize, d: usize, t: usize, f: usize| ForwardInput::<B> {
         hidden_states: burn::tensor::Tensor::zeros([1, f, c, 8, 8], &device),
         encoder_hidden_states: burn::tensor::Tensor::zeros([1, 8, d], &device),

@@ -13,6 +13,9 @@ scheduler config, packed latents, pooled embeddings and `true_cfg_scale` as `dit
 with TF32 off unless `--tf32` (burn 0.21's CUDA matmuls run float32 through tensor cores at TF32 precision, so
 `--tf32` is the like-for-like speed comparison); `tools/gpu/check.sh` uses it.
 
+A Wan export (`"family": "wan"`, e.g. `--model wan-shapes`) runs WanPipeline (separate cond / uncond calls in
+cache contexts) with the exported scheduler config; SeaCache rows apply diffusers' `apply_sea_cache`.
+
 A stack is applied as diffusers' hooks one after the other (apply_faster_cache, apply_first_block_cache,
 apply_pyramid_attention_broadcast, apply_mag_cache, apply_taylorseer_cache), in the stack's order.
 """
@@ -32,6 +35,9 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
     FluxTransformer2DModel,
+    UniPCMultistepScheduler,
+    WanPipeline,
+    WanTransformer3DModel,
 )
 from diffusers.hooks import (
     FasterCacheConfig,
@@ -45,6 +51,7 @@ from diffusers.hooks import (
     apply_pyramid_attention_broadcast,
     apply_taylorseer_cache,
 )
+from diffusers.hooks.sea_cache import SeaCacheConfig, apply_sea_cache
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -86,6 +93,8 @@ def apply(model, cache, pipe):
             if k in kw:
                 kw[k] = list(kw[k])
         apply_taylorseer_cache(model, TaylorSeerCacheConfig(**kw))
+    elif cache["type"] == "sea_cache":
+        apply_sea_cache(model, SeaCacheConfig(**kw))
     else:
         raise ValueError(cache["type"])
 
@@ -114,8 +123,17 @@ def main():
     strategies = [{"strategy": "baseline", "cache": {"type": "none"}}] + spec["strategies"]
     warm = True
     flux = spec.get("family") == "flux"
+    wan = spec.get("family") == "wan"
     for s in strategies:
-        if flux:
+        if wan:
+            model = WanTransformer3DModel.from_pretrained(os.path.join(args.dir, "transformer"),
+                                                          torch_dtype=torch.float32).eval().to(device)
+            sched_dir = os.path.join(args.dir, "scheduler")
+            sched = (UniPCMultistepScheduler.from_pretrained(sched_dir) if os.path.isdir(sched_dir)
+                     else UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                                  flow_shift=3.0, num_train_timesteps=1000))
+            pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=sched, transformer=model)
+        elif flux:
             model = FluxTransformer2DModel.from_pretrained(os.path.join(args.dir, "transformer"),
                                                            torch_dtype=torch.float32).eval().to(device)
             sched_dir = os.path.join(args.dir, "scheduler")
@@ -147,9 +165,19 @@ def main():
                         latents=lat.clone(), height=spec["height"], width=spec["width"],
                         num_inference_steps=spec["steps"], output_type="latent", return_dict=False)[0]
 
+        def gen_wan():
+            cfg = spec["guidance_scale"] > 1
+            return pipe(prompt_embeds=inputs["prompt_embeds"],
+                        negative_prompt_embeds=inputs["negative_prompt_embeds"] if cfg else None,
+                        latents=lat.clone(), height=lat.shape[3] * 8, width=lat.shape[4] * 8,
+                        num_frames=(lat.shape[2] - 1) * 4 + 1, num_inference_steps=spec["steps"],
+                        guidance_scale=spec["guidance_scale"], output_type="latent", return_dict=False)[0]
+
         def gen():
             if flux:
                 return gen_flux()
+            if wan:
+                return gen_wan()
             return pipe(prompt_embeds=inputs["prompt_embeds"], negative_prompt_embeds=inputs["negative_prompt_embeds"],
                         latents=lat.clone(), height=lat.shape[3] * 8, width=lat.shape[4] * 8,
                         num_frames=(lat.shape[1] - 1) * 4 + 1, num_inference_steps=spec["steps"],

@@ -170,6 +170,9 @@ impl<B: Backend> DiT<B> {
             module_names: Vec::new(),
             // No step signal: TeaCache's measured tensor is defined per model family by its authors.
             step_signal: None,
+            // Both guidance halves in one call.
+            per_branch_calls: false,
+            hands_sigma: false,
         }
     }
 

@@ -37,7 +37,7 @@ pub fn sample<B: Backend, S: CacheStrategy<B> + ?Sized>(
     // An engine configured for another step count (TeaCache's `num_steps`, MagCache's) refuses here.
     strategy.check_steps(steps).expect("the strategy was configured for this step count");
     for (i, &t) in timesteps.iter().enumerate() {
-        let ctx = CallContext::new(StepContext { step: i, num_steps: steps, timestep: t as f64 }, Branch::Cfg(order), 2);
+        let ctx = CallContext::new(StepContext { step: i, num_steps: steps, timestep: t as f64, sigma: None }, Branch::Cfg(order), 2);
         let x = Tensor::cat(vec![latents.clone(), latents.clone()], 0);
         let out = model.forward(x, &[t as f32; 2], y.clone(), &ctx, strategy);
         let [a, b]: [Tensor<B, 4>; 2] = out.chunk(2, 0).try_into().expect("two halves");

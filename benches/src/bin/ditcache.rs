@@ -87,7 +87,7 @@ enum Command {
 #[derive(clap::Args, Clone)]
 struct RunArgs {
     /// `shapes` (the trained CogVideoX in assets/shapes), `flux-shapes` (the trained FLUX.1 in
-    /// assets/flux_shapes: images, true CFG), `s` (benchmark model S, random weights), `2b`, `5b`, `latte` (the
+    /// assets/flux_shapes: images, true CFG), `wan-shapes` (the trained Wan 2.1 in assets/wan_shapes), `s` (benchmark model S, random weights), `2b`, `5b`, `latte` (the
     /// Latte bench model, random weights), `latte-1`, or a diffusers model or pipeline directory (CogVideoX,
     /// Latte or FLUX, told apart by `config.json`'s `_class_name`; FLUX at 1024 × 1024 unless it is a trained
     /// shapes model).
@@ -452,6 +452,7 @@ fn model_dir(name: &str) -> Option<PathBuf> {
     let path = match name {
         "shapes" => benches::shapes::shapes_dir(),
         "flux-shapes" => benches::shapes::flux_shapes_dir(),
+        "wan-shapes" => benches::shapes::wan_shapes_dir(),
         _ => PathBuf::from(name),
     };
     let is_model_dir = path.join("transformer").join("config.json").exists() || path.join("config.json").exists();
@@ -465,6 +466,7 @@ fn prompt_embeds(name: &str, model: &VideoModel<Backend>, prompts: &[String]) ->
     let tokens = match model {
         VideoModel::CogVideoX { model, .. } => model.config.max_text_seq_length,
         VideoModel::Flux(_) => benches::video_model::FLUX_BENCH_TEXT_TOKENS,
+        VideoModel::Wan(_) => benches::video_model::WAN_BENCH_TEXT_TOKENS,
         VideoModel::Latte(_) => return Ok(None),
     };
     if !dir.join("attribute_embeddings.safetensors").exists() {
@@ -488,10 +490,12 @@ fn load_model(
             return Err("--latent-size applies to preset models; a model directory has its own config".into());
         }
         let mut model = VideoModel::from_dir(&dir, device).map_err(|e| e.to_string())?;
-        if let VideoModel::Flux(p) = &mut model {
-            // A trained shapes model is generated at the size it was trained at.
-            if dir.join("attribute_embeddings.safetensors").exists() {
-                p.default_sample_size = benches::shapes::FLUX_SHAPES_SAMPLE_SIZE;
+        // A trained shapes model is generated at the size it was trained at.
+        if dir.join("attribute_embeddings.safetensors").exists() {
+            match &mut model {
+                VideoModel::Flux(p) => p.default_sample_size = benches::shapes::FLUX_SHAPES_SAMPLE_SIZE,
+                VideoModel::Wan(p) => p.sample_size = benches::shapes::WAN_SHAPES_SAMPLE_SIZE,
+                _ => {}
             }
         }
         return Ok((model, WeightSource::from_tensors(Default::default())));
@@ -500,6 +504,9 @@ fn load_model(
         "shapes" => return Err(format!("the trained model is missing at {}", benches::shapes::shapes_dir().display())),
         "flux-shapes" => {
             return Err(format!("the trained FLUX model is missing at {}", benches::shapes::flux_shapes_dir().display()))
+        }
+        "wan-shapes" => {
+            return Err(format!("the trained Wan model is missing at {}", benches::shapes::wan_shapes_dir().display()))
         }
         _ => {}
     }
@@ -539,6 +546,7 @@ fn write_model_dir(model: &VideoModel<Backend>, weights: &WeightSource, out: &st
         VideoModel::CogVideoX { model, .. } => serde_json::to_value(&model.config),
         VideoModel::Latte(p) => serde_json::to_value(&p.transformer.config),
         VideoModel::Flux(p) => serde_json::to_value(&p.transformer.config),
+        VideoModel::Wan(p) => serde_json::to_value(&p.transformer.config),
     }
     .expect("serialisable");
     json["_class_name"] = model.class_name().into();
@@ -580,11 +588,12 @@ fn bench(a: BenchArgs) -> Result<ExitCode, String> {
             .collect::<Result<Vec<_>, String>>()?
     };
     if let Some(dir) = &a.export {
-        let flux = match &model {
-            VideoModel::CogVideoX { .. } => None,
-            VideoModel::Flux(p) => Some(p.transformer.config.guidance_embeds),
+        let (flux, family) = match &model {
+            VideoModel::CogVideoX { .. } => (None, "cogvideox"),
+            VideoModel::Flux(p) => (Some(p.transformer.config.guidance_embeds), "flux"),
+            VideoModel::Wan(_) => (None, "wan"),
             VideoModel::Latte(_) => {
-                return Err("--export needs a CogVideoX or FLUX model (tools/reference/peer_timing.py runs CogVideoXPipeline and FluxPipeline)".into())
+                return Err("--export needs a CogVideoX, FLUX or Wan model (tools/reference/peer_timing.py runs CogVideoXPipeline, FluxPipeline and WanPipeline)".into())
             }
         };
         match model_dir(&a.run.model) {
@@ -621,7 +630,7 @@ fn bench(a: BenchArgs) -> Result<ExitCode, String> {
         }
         save_safetensors(&dir.join("inputs.safetensors"), &t).map_err(|e| e.to_string())?;
         let mut spec = serde_json::json!({
-            "family": if flux.is_some() { "flux" } else { "cogvideox" },
+            "family": family,
             "steps": opts.steps, "guidance_scale": opts.guidance,
             "strategies": strategies.iter().map(|(n, c)| serde_json::json!({"strategy": n, "cache": c})).collect::<Vec<_>>(),
         });
@@ -828,7 +837,7 @@ fn forward(p: &str, batch: usize, repeats: usize, seed: u64, profile: bool) -> R
         &device,
     );
     let branch = if batch == 2 { Branch::Cfg(CfgOrder::UncondFirst) } else { Branch::Unguided };
-    let ctx = CallContext::new(StepContext { step: 0, num_steps: 1, timestep: 500.0 }, branch, batch);
+    let ctx = CallContext::new(StepContext { step: 0, num_steps: 1, timestep: 500.0, sigma: None }, branch, batch);
     let mut times = Vec::new();
     for i in 0..=repeats {
         let input =

@@ -353,6 +353,8 @@ impl<B: ModelBackend> CogVideoXTransformer3DModel<B> {
             modules: self.transformer_blocks.iter().map(CogVideoXBlock::ff_site).collect(),
             module_names: crate::host::cogvideox_names(n),
             step_signal: Some("emb".into()),
+            per_branch_calls: false,
+            hands_sigma: false,
         }
     }
 

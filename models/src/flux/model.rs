@@ -555,6 +555,8 @@ impl<B: ModelBackend> FluxTransformer2DModel<B> {
                 false => "transformer_blocks.0.norm1".into(),
                 true => "single_transformer_blocks.0.norm".into(),
             }),
+            per_branch_calls: true,
+            hands_sigma: false,
         }
     }
 

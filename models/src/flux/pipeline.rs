@@ -161,7 +161,7 @@ impl<B: ModelBackend> FluxPipeline<B> {
         let bar = progress_bar(progress, timesteps.len());
         let mut latents = input.latents;
         for (i, &t) in timesteps.iter().enumerate() {
-            let step = StepContext { step: i, num_steps: timesteps.len(), timestep: t as f64 };
+            let step = StepContext { step: i, num_steps: timesteps.len(), timestep: t as f64, sigma: None };
             let call = |embeds: &Tensor<B, 3>, pooled: &Tensor<B, 2>, branch: Branch, strategy: &mut S, latents: &Tensor<B, 3>| {
                 let x = FluxInput {
                     hidden_states: latents.clone(),
