@@ -51,7 +51,7 @@ pub fn wan_shapes_dir() -> PathBuf {
 }
 
 /// The latent `(frames, height, width)` the trained Wan model was trained at (`tools/train/train_wan_shapes.py`).
-pub const WAN_SHAPES_SAMPLE_SIZE: [usize; 3] = [3, 16, 16];
+pub const WAN_SHAPES_SAMPLE_SIZE: [usize; 3] = [4, 16, 16];
 
 /// The pooled embeddings (CLIP's place in FLUX) of `[k, S, D]` prompt embeddings, as the trained FLUX model
 /// was trained with them: per prompt, the mean of its [`ATTRIBUTES`] tokens (`[k, D]`; zeros for the
