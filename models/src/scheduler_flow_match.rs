@@ -203,7 +203,7 @@ pub fn flux_sigmas(num_inference_steps: usize) -> Vec<f64> {
 /// `np.linspace(start, stop, num)` for float64, numpy 2's formula (`numpy/_core/function_base.py`):
 /// `i·step + start` with `step = (stop − start)/(num − 1)` (`(i/(num − 1))·delta` when the step underflows
 /// to 0), and the last value set to `stop`. (torch's `linspace` counts from both ends instead; it differs.)
-fn np_linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
+pub(crate) fn np_linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
     let delta = stop - start;
     let mut y: Vec<f64> = (0..num).map(|i| i as f64).collect();
     if num > 1 {

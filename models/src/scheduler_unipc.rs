@@ -58,6 +58,7 @@ use std::sync::Arc;
 use burn::tensor::{backend::Backend, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::scheduler_flow_match::np_linspace;
 use crate::error::{ModelError, Result};
 
 /// diffusers' class name, the `_class_name` [`UniPCMultistepSchedulerConfig::from_json_file`] accepts.
@@ -965,30 +966,6 @@ fn spaced_timesteps(spacing: Spacing, n_train: usize, steps: usize, steps_offset
             .map(|x| x.round_ties_even() as i64 - 1)
             .collect(),
     }
-}
-
-/// `np.linspace(start, stop, num)` for float64, numpy 2's formula (`numpy/_core/function_base.py`):
-/// `i·step + start` with `step = (stop − start)/(num − 1)` (`(i/(num − 1))·delta` when the step underflows
-/// to 0), and the last value set to `stop`.
-fn np_linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
-    let delta = stop - start;
-    let mut y: Vec<f64> = (0..num).map(|i| i as f64).collect();
-    if num > 1 {
-        let div = (num - 1) as f64;
-        let step = delta / div;
-        if step == 0.0 {
-            y.iter_mut().for_each(|v| *v = *v / div * delta);
-        } else {
-            y.iter_mut().for_each(|v| *v *= step);
-        }
-    } else {
-        y.iter_mut().for_each(|v| *v *= delta);
-    }
-    y.iter_mut().for_each(|v| *v += start);
-    if num > 1 {
-        y[num - 1] = stop;
-    }
-    y
 }
 
 /// `np.arange(start, stop, step)` for float64 (numpy 2, `PyArray_ArangeObj` and `DOUBLE_fill`): the length
