@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use cache_engines::{fit_polynomial, resolve_presets, Calibration, Calibrator, ModelId, TeaCacheFit, Verification};
+use cache_engines::{fit_polynomial, resolve_presets, LatentLayout, Calibration, Calibrator, ModelId, TeaCacheFit, Verification};
 use models::{DenoiseInput, DenoiseOptions, HostTensor, ModelBackend};
 
 use crate::bench::{generate, psnr, BenchOptions, CALIBRATION_SEED_OFFSET};
@@ -143,7 +143,10 @@ pub fn measure<B: ModelBackend>(
     let mut meters = Vec::new();
     for chunk in chunks(&cal_opts) {
         let input = model.bench_inputs(&chunk, device)?;
-        let mut meter = Calibrator::<B>::new();
+        let mut meter = match host.hands_sigma {
+            true => Calibrator::<B>::with_sea_layout(LatentLayout::for_host(&host).map_err(|e| e.to_string())?),
+            false => Calibrator::<B>::new(),
+        };
         let out = model.denoise(input.clone(), &mut meter, DenoiseOptions::default()).map_err(|e| e.to_string())?;
         inputs.push(CalibrationInput { input, reference: HostTensor::from_tensor(out).data });
         meters.push(meter);
@@ -176,6 +179,7 @@ pub fn measure<B: ModelBackend>(
         residual_changes: pick(&|m| m.residual_changes.clone()),
         mag_ratios: pick(&|m| m.mag_ratios.clone()),
         teacache,
+        sea_distances: host.hands_sigma.then(|| pick(&|m| m.sea_distances.clone())),
         presets: Default::default(),
     };
     Ok((calibration, inputs))

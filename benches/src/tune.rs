@@ -1,12 +1,14 @@
 //! `ditcache tune`: the fastest configuration that meets a quality target, by measurement.
 //!
 //! Search: every single-engine candidate of a grid (FBC, PAB, FasterCache, MagCache and TeaCache with the
-//! ratios and polynomial of a calibration measured on the model first, TaylorSeer) is run once; the fastest passing candidate of each engine is then combined
+//! ratios and polynomial of a calibration measured on the model first, SeaCache, TaylorSeer) is run once; the fastest passing candidate of each engine is then combined
 //! with the others (every subset of two or more that a stack accepts); the three fastest passing
 //! configurations are timed again (median of `confirm` runs) and the fastest wins.
 
 use cache_core::HostInfo;
-use cache_engines::{CacheConfig, Calibration, FasterCacheConfig, FirstBlockCacheConfig, PyramidAttentionBroadcastConfig, WeightSchedule};
+use cache_engines::{
+    CacheConfig, Calibration, FasterCacheConfig, FirstBlockCacheConfig, PyramidAttentionBroadcastConfig, SeaCacheConfig, WeightSchedule,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use models::ModelBackend;
 use serde::Serialize;
@@ -73,14 +75,18 @@ fn grid(host: &HostInfo, cal: &Calibration) -> Vec<Vec<CacheConfig>> {
     }
     let mag = [0.03, 0.06, 0.1, 0.2, 0.4].map(|t| cal.magcache(t, 3, steps)).to_vec();
     let tea: Vec<CacheConfig> = [0.05, 0.1, 0.2, 0.3, 0.5].iter().filter_map(|&t| cal.teacache(t)).collect();
+    let sea = [0.1, 0.25, 0.5, 1.0]
+        .map(|t| CacheConfig::SeaCache(SeaCacheConfig { threshold: t, ..Default::default() }))
+        .to_vec();
     let mut seer = Vec::new();
     for interval in [2, 3, 4] {
         for order in [1, 2] {
             seer.push(taylorseer(host, interval, order));
         }
     }
-    // Families the host refuses (FasterCache on FLUX) are not searched.
-    let mut families = vec![fbc, pab, fc, mag, tea, seer];
+    // Families the host refuses (FasterCache on FLUX and Wan, SeaCache where no sigma is handed) are not
+    // searched.
+    let mut families = vec![fbc, pab, fc, mag, tea, sea, seer];
     for f in &mut families {
         f.retain(|c| c.check_host(host).is_ok());
     }

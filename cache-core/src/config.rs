@@ -130,6 +130,9 @@ pub struct HostInfo {
     /// What the model hands to [`crate::CacheStrategy::observe_step_signal`] (for the engines' messages and
     /// calibration files), or `None` when it hands nothing (TeaCache then cannot run on it).
     pub step_signal: Option<String>,
+    /// Further signals a strategy may ask for by name instead of the default
+    /// ([`crate::CacheStrategy::step_signal_name`]; Wan: `timestep_proj`); empty for most hosts.
+    pub other_step_signals: Vec<String>,
     /// Whether the pipeline calls the model once per guidance branch, in cache contexts `cond` / `uncond`
     /// (FLUX's true CFG, Wan), rather than in one batched `[uncond, cond]` call (CogVideoX, Latte): an engine
     /// written for the batched call (FasterCache's unconditional-branch cache) refuses such a host.

@@ -46,8 +46,19 @@ pub fn step_signal<B: Backend, S: CacheStrategy<B> + ?Sized>(
     ctx: &CallContext,
     signal: impl FnOnce() -> Tensor<B, 3>,
 ) {
+    step_signal_named(strategy, ctx, |_| signal());
+}
+
+/// [`step_signal`] for a host that offers more than one signal ([`crate::HostInfo::other_step_signals`]):
+/// `signal` receives the name the strategy asks for ([`CacheStrategy::step_signal_name`]; `None`, the default).
+pub fn step_signal_named<B: Backend, S: CacheStrategy<B> + ?Sized>(
+    strategy: &mut S,
+    ctx: &CallContext,
+    signal: impl FnOnce(Option<&str>) -> Tensor<B, 3>,
+) {
     if strategy.wants_step_signal() {
-        strategy.observe_step_signal(ctx, &signal());
+        let s = signal(strategy.step_signal_name());
+        strategy.observe_step_signal(ctx, &s);
     }
 }
 

@@ -38,7 +38,7 @@ pub use config::{
     SiteClass, TimestepRange,
 };
 pub use context::{AttentionKind, AttentionSite, Branch, CallContext, CfgOrder, ModuleSite, StepContext};
-pub use hooks::{attention_site, block_stack, input_latents, module_site, step_signal};
+pub use hooks::{attention_site, block_stack, input_latents, module_site, step_signal, step_signal_named};
 pub use layout::contiguous_params;
 pub use memory::{joint_bytes, tensor_bytes, MemoryLedger};
 pub use stack::Stack;

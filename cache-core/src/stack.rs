@@ -68,6 +68,10 @@ impl<B: Backend> CacheStrategy<B> for Stack<B> {
         self.members.iter_mut().for_each(|m| m.observe_step_signal(ctx, signal));
     }
 
+    fn step_signal_name(&self) -> Option<&str> {
+        self.members.iter().find_map(|m| m.step_signal_name())
+    }
+
     fn wants_latents(&self) -> bool {
         self.members.iter().any(|m| m.wants_latents())
     }

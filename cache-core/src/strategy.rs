@@ -112,6 +112,13 @@ pub trait CacheStrategy<B: Backend> {
         false
     }
 
+    /// Which of the host's step signals the strategy reads, by name, where the host offers more than its
+    /// default ([`crate::HostInfo::other_step_signals`]; TeaCache4Wan2.1 with `use_ret_steps` reads Wan's
+    /// `timestep_proj` instead of `temb`); `None`: the default ([`crate::HostInfo::step_signal`]).
+    fn step_signal_name(&self) -> Option<&str> {
+        None
+    }
+
     /// Whether the strategy reads the denoiser call's input latents ([`CacheStrategy::observe_latents`]).
     fn wants_latents(&self) -> bool {
         false
@@ -212,6 +219,9 @@ macro_rules! forward_strategy {
             }
             fn observe_step_signal(&mut self, ctx: &CallContext, signal: &Tensor<B, 3>) {
                 (**self).observe_step_signal(ctx, signal)
+            }
+            fn step_signal_name(&self) -> Option<&str> {
+                (**self).step_signal_name()
             }
             fn wants_latents(&self) -> bool {
                 (**self).wants_latents()

@@ -88,6 +88,10 @@ pub struct Calibration {
     /// TeaCache's measured pairs and fitted polynomial (absent for a model without a step signal).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teacache: Option<TeaCacheFit>,
+    /// SeaCache's indicator distance per step from the second on, at the default `power_exp` (absent for a
+    /// model whose pipeline hands no sigma: SeaCache cannot run there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sea_distances: Option<Vec<f64>>,
     /// Presets by name (`quality`, `balanced`, `speed`).
     #[serde(default)]
     pub presets: BTreeMap<String, CalibratedPreset>,
@@ -211,12 +215,11 @@ impl Calibration {
     /// TeaCache with the fitted polynomial, for the calibrated step count.
     pub fn teacache(&self, rel_l1_thresh: f64) -> Option<CacheConfig> {
         let fit = self.teacache.as_ref()?;
-        Some(CacheConfig::TeaCache(TeaCacheConfig {
+        Some(CacheConfig::TeaCache(TeaCacheConfig::with_coefficients(
             rel_l1_thresh,
-            coefficients: fit.coefficients.clone(),
-            num_steps: self.num_inference_steps,
-            memory_budget_bytes: None,
-        }))
+            fit.coefficients.clone(),
+            self.num_inference_steps,
+        )))
     }
 }
 
@@ -238,6 +241,7 @@ pub(crate) mod tests {
             // Residuals shrinking faster and faster along the schedule.
             mag_ratios: (0..n).map(|i| 1.0 - 0.005 * i as f64).collect(),
             teacache: None,
+            sea_distances: None,
             presets: BTreeMap::new(),
         }
     }
@@ -252,6 +256,7 @@ pub(crate) mod tests {
             modules: vec![],
             module_names: vec![],
             step_signal: None,
+            other_step_signals: Vec::new(),
             per_branch_calls: false,
             hands_sigma: false,
         };

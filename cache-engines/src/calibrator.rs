@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use burn::tensor::{backend::Backend, Tensor};
 use cache_core::{AttentionSite, Branch, CacheStrategy, CallContext, JointStates, TailPlan};
 use cache_magcache::magnitude_ratio;
+use cache_seacache::{distance, indicator_of, Indicator, LatentLayout, SeaCacheConfig};
 use cache_teacache::relative_l1;
 
 /// Records, per model call (one call per step: a batched CFG loop or an unguided one), relative to the previous
@@ -13,7 +14,9 @@ use cache_teacache::relative_l1;
 /// - the first block's residual change, as First Block Cache measures it (`mean|r − r'| / mean|r'|`);
 /// - each attention site's output change (same measure), the quantity PAB and FasterCache bet on;
 /// - the block stack's residual magnitude ratio, as MagCache's calibration does (1 at the first call);
-/// - the step signal's change (TeaCache's `x`) and the block stack's output change (its `y`).
+/// - the step signal's change (TeaCache's `x`) and the block stack's output change (its `y`);
+/// - on hosts that hand the scheduler's sigma, SeaCache's indicator distance (at the default `power_exp`),
+///   when made with [`Calibrator::with_sea_layout`].
 ///
 /// Under true classifier-free guidance (FLUX: a second call per step in the `uncond` context) only the
 /// conditional calls are measured: the engines take one parameter set for both contexts (one threshold, one
@@ -28,6 +31,8 @@ pub struct Calibrator<B: Backend> {
     prev_output: Option<Tensor<B, 3>>,
     prev_residual: Option<Tensor<B, 3>>,
     prev_sites: HashMap<String, Tensor<B, 3>>,
+    sea_layout: Option<LatentLayout>,
+    prev_indicator: Option<Indicator>,
     /// First-block residual change per call from the second on.
     pub first_block_changes: Vec<f64>,
     /// Attention output change per site, per call from the second on.
@@ -41,6 +46,9 @@ pub struct Calibrator<B: Backend> {
     /// Block-stack residual change per call from the second on, relative to the stack output's size
     /// (`mean|r − r'| / mean|out|`): the error a skip that reuses the previous residual makes.
     pub residual_changes: Vec<f64>,
+    /// SeaCache's indicator distance per call from the second on (empty unless made
+    /// [`Calibrator::with_sea_layout`] and handed sigmas).
+    pub sea_distances: Vec<f64>,
 }
 
 impl<B: Backend> Default for Calibrator<B> {
@@ -58,13 +66,22 @@ impl<B: Backend> Calibrator<B> {
             prev_output: None,
             prev_residual: None,
             prev_sites: HashMap::new(),
+            sea_layout: None,
+            prev_indicator: None,
             first_block_changes: Vec::new(),
             attention_changes: BTreeMap::new(),
             mag_ratios: Vec::new(),
             signal_changes: Vec::new(),
             output_changes: Vec::new(),
             residual_changes: Vec::new(),
+            sea_distances: Vec::new(),
         }
+    }
+
+    /// A calibrator that also records SeaCache's indicator distances, reading latents in `layout` (the host's,
+    /// [`LatentLayout::for_host`]).
+    pub fn with_sea_layout(layout: LatentLayout) -> Self {
+        Self { sea_layout: Some(layout), ..Self::new() }
     }
 }
 
@@ -82,7 +99,25 @@ fn unmeasured(ctx: &CallContext) -> bool {
 
 impl<B: Backend> CacheStrategy<B> for Calibrator<B> {
     fn reset(&mut self) {
-        *self = Self::new();
+        *self = Self { sea_layout: self.sea_layout, ..Self::new() };
+    }
+
+    fn wants_latents(&self) -> bool {
+        self.sea_layout.is_some()
+    }
+
+    fn observe_latents(&mut self, ctx: &CallContext, latents: &Tensor<B, 5>) {
+        let (Some(layout), Some(sigma)) = (self.sea_layout, ctx.step.sigma) else { return };
+        if unmeasured(ctx) {
+            return;
+        }
+        let data = latents.clone().into_data().convert::<f32>().into_vec::<f32>().expect("float latents");
+        let power_exp = SeaCacheConfig::default().power_exp;
+        let current = indicator_of(&data, latents.dims(), layout, sigma, power_exp, latents.dtype());
+        if let Some(prev) = self.prev_indicator.as_ref().filter(|p| p.dims == current.dims && p.samples.len() == current.samples.len()) {
+            self.sea_distances.push(distance(&current, prev));
+        }
+        self.prev_indicator = Some(current);
     }
 
     fn wants_step_signal(&self) -> bool {

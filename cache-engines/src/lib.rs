@@ -25,7 +25,8 @@ pub use cache_pab::{PyramidAttentionBroadcast, PyramidAttentionBroadcastConfig};
 pub use cache_taylorseer::{patterns_for_host as cache_taylorseer_patterns, FactorDtype, TaylorSeer, TaylorSeerCacheConfig};
 pub use cache_magcache::schedule as magcache_schedule;
 pub use cache_seacache::{schedule as seacache_schedule, FailOpen as SeaCacheFailOpen, LatentLayout, SeaCache, SeaCacheConfig};
-pub use cache_teacache::{schedule as teacache_schedule, TeaCache, TeaCacheConfig, PUBLISHED_COEFFICIENTS as TEACACHE_PUBLISHED_COEFFICIENTS};
+pub use cache_teacache::{schedule as teacache_schedule, TeaCache, TeaCacheConfig, PUBLISHED_COEFFICIENTS as TEACACHE_PUBLISHED_COEFFICIENTS,
+    PUBLISHED_RET_STEPS_COEFFICIENTS as TEACACHE_PUBLISHED_RET_STEPS_COEFFICIENTS};
 pub use calibration::{CalibratedPreset, Calibration, ModelId, PresetConfig, TeaCacheFit};
 pub use resolve::{candidates, predicted_error, resolve_presets, Candidate, Verification, MARGIN_DB, MAX_VERIFICATIONS};
 pub use calibrator::Calibrator;

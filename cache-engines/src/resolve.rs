@@ -1,6 +1,6 @@
 //! Presets from measurements: a preset is defined by a target — PSNR of the final latents against the uncached
 //! ones, [`Preset::target_psnr_db`] — not by parameters. [`candidates`] lists the skip schedules TeaCache,
-//! MagCache and First Block Cache can make on the calibrated schedule (their decisions follow from the
+//! MagCache, SeaCache and First Block Cache can make on the calibrated schedule (their decisions follow from the
 //! measurements), each with a predicted error (the residual drift its skips reuse); [`resolve_presets`] verifies
 //! the cheapest candidate predicted to meet each target (`PSNR ≈ K − 20·log10 error`, `K` from the nearest
 //! verified candidate) with real cached generations, moving to safer candidates while it misses. What is stored
@@ -80,7 +80,8 @@ fn grid(lo: f64, hi: f64, n: usize) -> impl Iterator<Item = f64> {
 }
 
 /// The schedules the calibrated engines can make on the calibrated schedule: TeaCache (fitted polynomial),
-/// MagCache (calibrated ratios; `max_skip_steps` 2, 3, 4, 6) and First Block Cache, each with the threshold in
+/// MagCache (calibrated ratios; `max_skip_steps` 2, 3, 4, 6), SeaCache (measured indicator distances, its
+/// default configuration otherwise; hosts that hand sigma) and First Block Cache, each with the threshold in
 /// the middle of the grid interval that gives it; per engine family and number of skipped steps only the
 /// candidate of least predicted error. Cheapest first.
 pub fn candidates(cal: &Calibration) -> Vec<Candidate> {
@@ -111,6 +112,13 @@ pub fn candidates(cal: &Calibration) -> Vec<Candidate> {
             let config = cal.magcache(t, max_skip, n);
             let CacheConfig::MagCache(c) = &config else { unreachable!() };
             add(1.0, cache_magcache::schedule(c), config);
+        }
+    }
+    if let Some(distances) = &cal.sea_distances {
+        let total: f64 = distances.iter().sum();
+        for t in grid(1e-4, total.max(1e-3) * 2.0, 400) {
+            let c = crate::SeaCacheConfig { threshold: t, ..Default::default() };
+            add(1.0, cache_seacache::schedule(&c, n, distances), CacheConfig::SeaCache(c));
         }
     }
     if blocks > 1.0 {
@@ -240,6 +248,33 @@ pub fn resolve_presets<E>(
 mod tests {
     use super::*;
     use crate::calibration::tests::calibration;
+
+    #[test]
+    fn seacache_schedules_come_from_the_measured_distances() {
+        let mut cal = calibration(10);
+        let sea = |cands: &[Candidate]| -> Vec<(crate::SeaCacheConfig, Vec<bool>)> {
+            cands
+                .iter()
+                .filter_map(|c| match &c.config {
+                    CacheConfig::SeaCache(s) => Some((s.clone(), c.skips.clone())),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert!(sea(&candidates(&cal)).is_empty(), "no distances, no SeaCache");
+        // Distance 0.1 per step: a threshold in (0.1, 0.2] skips every other step after the retained first
+        // (acc 0.1 < t, then 0.2 >= t computes), up to max_consecutive_cached, the last step computing.
+        cal.sea_distances = Some(vec![0.1; 9]);
+        let found = sea(&candidates(&cal));
+        assert!(!found.is_empty());
+        let (c, skips) = found.iter().find(|(c, _)| c.threshold > 0.1 && c.threshold <= 0.2).expect("a threshold in (0.1, 0.2]");
+        assert_eq!(c.residual_order, crate::SeaCacheConfig::default().residual_order);
+        let want: Vec<bool> = (0..10).map(|i| i % 2 == 1 && i < 9).collect();
+        assert_eq!(skips, &want);
+        for (c, skips) in &found {
+            assert_eq!(skips, &cache_seacache::schedule(c, 10, &[0.1; 9]), "{c:?}");
+        }
+    }
 
     #[test]
     fn presets_are_the_fastest_verified_candidates_and_slow_down_with_the_target() {

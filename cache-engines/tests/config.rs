@@ -12,7 +12,7 @@ fn cogvideox_host() -> HostInfo {
         .flat_map(|i| ["", ".norm1", ".attn1", ".attn1.to_q", ".ff", ".ff.net.0.proj"].map(|n| format!("transformer_blocks.{i}{n}")))
         .chain(["proj_out".to_string()])
         .collect();
-    HostInfo { sites, num_blocks: 2, tensor_format: "BFCHW".into(), modules, module_names, step_signal: Some("emb".into()), per_branch_calls: false, hands_sigma: false }
+    HostInfo { sites, num_blocks: 2, tensor_format: "BFCHW".into(), modules, module_names, step_signal: Some("emb".into()), other_step_signals: vec![], per_branch_calls: false, hands_sigma: false }
 }
 
 #[test]

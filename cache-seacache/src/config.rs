@@ -140,6 +140,7 @@ mod tests {
             modules: vec![],
             module_names: vec![],
             step_signal: None,
+            other_step_signals: Vec::new(),
             per_branch_calls: true,
             hands_sigma: true,
         }

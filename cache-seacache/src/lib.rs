@@ -300,25 +300,7 @@ impl<B: Backend> SeaCache<B> {
                 return m.indicator.clone();
             }
         }
-        let [b, d1, d2, h, w] = dims;
-        let (c, f) = match self.layout {
-            LatentLayout::Bcfhw => (d1, d2),
-            LatentLayout::Bfchw => (d2, d1),
-        };
-        let per_sample = c * f * h * w;
-        let threads = if per_sample >= 1 << 16 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { 1 };
-        let samples = data
-            .chunks_exact(per_sample.max(1))
-            .take(b)
-            .map(|sample| {
-                let cfhw = match self.layout {
-                    LatentLayout::Bcfhw => std::borrow::Cow::Borrowed(sample),
-                    LatentLayout::Bfchw => std::borrow::Cow::Owned(swap_frames_channels(sample, f, c, h * w)),
-                };
-                sea_filter(&cfhw, [c, f, h, w], sigma, self.config.power_exp, dtype, threads)
-            })
-            .collect();
-        let indicator = Arc::new(Indicator { samples, dims: [c, f, h, w], dtype });
+        let indicator = Arc::new(indicator_of(&data, dims, self.layout, sigma, self.config.power_exp, dtype));
         self.memo = Some(Memo { data, dims, dtype, sigma, indicator: indicator.clone() });
         indicator
     }
@@ -329,6 +311,30 @@ impl<B: Backend> SeaCache<B> {
         memory.release(s.bytes);
         s.bytes = 0;
     }
+}
+
+/// The indicator of a batch of latents `data` (`dims` in `layout`) at `sigma`: each sample as `[C, F, H, W]`
+/// through [`sea_filter`] (what the engine measures; the calibration records its distances too).
+pub fn indicator_of(data: &[f32], dims: [usize; 5], layout: LatentLayout, sigma: f64, power_exp: f64, dtype: DType) -> Indicator {
+    let [b, d1, d2, h, w] = dims;
+    let (c, f) = match layout {
+        LatentLayout::Bcfhw => (d1, d2),
+        LatentLayout::Bfchw => (d2, d1),
+    };
+    let per_sample = c * f * h * w;
+    let threads = if per_sample >= 1 << 16 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { 1 };
+    let samples = data
+        .chunks_exact(per_sample.max(1))
+        .take(b)
+        .map(|sample| {
+            let cfhw = match layout {
+                LatentLayout::Bcfhw => std::borrow::Cow::Borrowed(sample),
+                LatentLayout::Bfchw => std::borrow::Cow::Owned(swap_frames_channels(sample, f, c, h * w)),
+            };
+            sea_filter(&cfhw, [c, f, h, w], sigma, power_exp, dtype, threads)
+        })
+        .collect();
+    Indicator { samples, dims: [c, f, h, w], dtype }
 }
 
 /// `[F, C, X]` → `[C, F, X]`.

@@ -2,22 +2,27 @@
 //!
 //! The authors' rule (Liu et al. 2024; github.com/ali-vilab/TeaCache at 7c10efc,
 //! `TeaCache4CogVideoX1.5/teacache_sample_video.py` lines 60–122, `eval/teacache/experiments/latte.py` and
-//! `TeaCache4FLUX/teacache_flux.py` lines 105–124), not part of diffusers. The model hands over, before its
-//! block stack, the tensor the authors measure for its family ([`CacheStrategy::observe_step_signal`]):
-//! CogVideoX's timestep embedding `emb`, Latte's first block's `norm1`-modulated input, FLUX's
-//! `transformer_blocks[0].norm1(hidden_states, emb=temb)` (l. 108: the modulated image stream; the skipped call
-//! adds the image-stream residual of all double and single blocks, l. 127–128). Per call, with `cnt` the call
-//! index:
-//! - `cnt == 0` or `cnt == num_steps − 1`: compute, `acc = 0`, nothing measured;
+//! `TeaCache4FLUX/teacache_flux.py` lines 105–124, `TeaCache4Wan2.1/teacache_generate.py` lines 519–569 and
+//! 869–894), not part of diffusers. The model hands over, before its block stack, the tensor the authors
+//! measure for its family ([`CacheStrategy::observe_step_signal`]): CogVideoX's timestep embedding `emb`,
+//! Latte's first block's `norm1`-modulated input, FLUX's `transformer_blocks[0].norm1(hidden_states, emb=temb)`
+//! (l. 108: the modulated image stream; the skipped call adds the image-stream residual of all double and
+//! single blocks, l. 127–128), Wan's time embedding `e` (diffusers' `temb`) or, with the authors'
+//! `use_ret_steps`, `e0` (`timestep_proj`, l. 520; [`TeaCacheConfig::step_signal`]); the Wan skip adds the
+//! residual of the blocks (l. 552–568). Per call, with `cnt` the call index in its context:
+//! - `cnt < ret_steps` or `cnt ≥ cutoff_steps` (defaults 1 and `num_steps − 1`: `cnt == 0` or
+//!   `cnt == num_steps − 1`, the CogVideoX/FLUX rule; Wan's l. 524/539 count both branches' calls, so their
+//!   `ret_steps`/`cutoff_steps` are twice these): compute, `acc = 0`, nothing measured;
 //! - otherwise `acc += poly(rel)`, `rel = mean|x − prev| / mean|prev|` over the whole tensor (float32, then
 //!   float64), `poly` the configured polynomial (highest power first, float64 Horner, no clamping); skip iff
 //!   `acc < rel_l1_thresh` (strict), else compute and `acc = 0` (the increment is discarded);
 //! - every call sets `prev = x` and advances `cnt`, wrapping to 0 after `num_steps` calls.
 //!
 //! A computed call stores the block stack's residuals (`output − input`, video and text streams); a skipped
-//! call returns this call's stack input plus them. One state covers a whole CFG batch (the authors' pipelines
-//! batch CFG: one call per step); separate branch passes (FLUX's `cond` / `uncond` calls) get separate states,
-//! as every engine here.
+//! call returns this call's stack input plus them. One state covers a whole CFG batch (the authors' CogVideoX
+//! and Latte pipelines batch CFG: one call per step); separate branch passes (FLUX's `cond` / `uncond` calls;
+//! Wan's, which the authors keep apart as even and odd calls, l. 522–550) get separate states, as every engine
+//! here.
 //!
 //! Where the authors would add a residual of another shape (the batch changed) this engine computes instead;
 //! an optional memory budget makes it compute instead of holding the residuals.
@@ -28,7 +33,7 @@ use cache_core::{
 };
 
 mod config;
-pub use config::{TeaCacheConfig, PUBLISHED_COEFFICIENTS};
+pub use config::{TeaCacheConfig, PUBLISHED_COEFFICIENTS, PUBLISHED_RET_STEPS_COEFFICIENTS};
 
 /// State of one branch context.
 struct TeaState<B: Backend> {
@@ -76,14 +81,14 @@ fn accumulate(config: &TeaCacheConfig, rel: f64, has_residual: bool, acc: &mut f
 }
 
 /// The decisions of one generation (`true` = skip) for the measured changes `rel[i]` of calls `1..num_steps`
-/// (the first and last call compute whatever `rel` says). Exact for a model whose measured tensor depends on the
+/// (the forced calls, [`TeaCacheConfig::forced`], compute whatever `rel` says). Exact for a model whose measured tensor depends on the
 /// timestep only (CogVideoX's `emb`); for others, the decisions on the trajectory `rel` was measured on.
 pub fn schedule(config: &TeaCacheConfig, rel: &[f64]) -> Vec<bool> {
     let n = config.num_steps;
     let mut acc = 0.0;
     (0..n)
         .map(|call| {
-            if call == 0 || call + 1 == n {
+            if call == 0 || config.forced(call) {
                 acc = 0.0;
                 return false;
             }
@@ -120,10 +125,14 @@ impl<B: Backend> CacheStrategy<B> for TeaCache<B> {
         true
     }
 
+    fn step_signal_name(&self) -> Option<&str> {
+        self.config.step_signal.as_deref()
+    }
+
     fn observe_step_signal(&mut self, ctx: &CallContext, signal: &Tensor<B, 3>) {
         let n = self.config.num_steps;
         let s = self.states.get_mut(ctx, ());
-        let forced = s.cnt == 0 || s.cnt + 1 == n;
+        let forced = self.config.forced(s.cnt);
         s.skip = false;
         match &s.previous {
             Some(prev) if !forced && prev.dims() == signal.dims() => {

@@ -27,12 +27,25 @@ unless stated):
   MagCache calibration of this model at 12 steps, interpolated by diffusers to 8), `wan_taylorseer`,
   `wan_seacache` (residual_order 1, two contexts), `wan_seacache_order0` (residual_order 0, guidance 1, batch 2,
   Euler scheduler, retention 2, power_exp 2.5), `wan_two_experts_fbc` (FBC on both experts, each with its own
-  hooks and state per context; entries carry `"transformer"`), `wan_pab` (guidance 1, see below).
+  hooks and state per context; entries carry `"transformer"`), `wan_pab` (guidance 1, see below),
+  `wan_teacache` and `wan_teacache_ret_steps` (TeaCache, see below).
 Not written: FasterCache (its block state is one per module, no StateManager, and its unconditional-branch skip
 expects the batched [uncond, cond] call; WanPipeline calls the branches separately, as FLUX with true CFG: same
 reason as generate_flux_cases.py); PAB with guidance (diffusers' PAB keeps one state per attention module shared by
 the "cond" and "uncond" calls, so its counter advances twice a step and "uncond" reuses "cond"'s attention; the
-format keeps engine state per context); TeaCache (not part of diffusers).
+format keeps engine state per context).
+
+TeaCache is not part of diffusers: the `wan_teacache*` cases (cache object `{"type": "teacache", "rel_l1_thresh",
+"coefficients", "num_steps"}` plus, for the authors' `use_ret_steps`, `"ret_steps"`, `"cutoff_steps"` and
+`"step_signal": "timestep_proj"`; `"blocks"` per context in the trace) apply our port of the authors'
+TeaCache4Wan2.1 rule (github.com/ali-vilab/TeaCache at 7c10efc, `TeaCache4Wan2.1/teacache_generate.py` lines
+519-569, 869-894) to diffusers' own forward: the blocks are replaced by one module (`WanTeaCacheStack`) that
+measures `e` (diffusers' `temb`, the condition embedder's first output) or `e0` (`timestep_proj`, the blocks'
+modulation input) and skips all blocks by adding the residual of the last computed call. The authors count calls
+over both branches (even = cond, odd = uncond) with one state per branch; per context their ret_steps / cutoff_steps
+are halved: without use_ret_steps 1 and N - 1 (the first and last step compute), with it 5 and N (never cut off).
+`wan_teacache`: the 1.3B polynomial on `e`, guidance 5 (two contexts); `wan_teacache_ret_steps`: the
+use_ret_steps counters on `e0` with the identity polynomial (see main), 12 steps, guidance 5.
 
 Running WanPipeline without VAE and text encoder needs no patch in 0.42.1: `WanPipeline(tokenizer=None,
 text_encoder=None, vae=None, scheduler=..., transformer=..., transformer_2=..., boundary_ratio=...)` falls back
@@ -454,7 +467,100 @@ def diffusers_config(cache, pipe):
         return PyramidAttentionBroadcastConfig(current_timestep_callback=lambda: pipe.current_timestep, **kw)
     if cache["type"] == "sea_cache":
         return SeaCacheConfig(**kw)
+    if cache["type"] == "teacache":
+        return None  # not diffusers': run_pipeline installs the port below
     raise ValueError(cache["type"])
+
+
+# ---------------------------------------------------------------------------------------------------- TeaCache
+
+# TeaCache4Wan2.1/teacache_generate.py (ali-vilab/TeaCache 7c10efc), Wan2.1 T2V 1.3B, highest power first:
+# l. 890 (measuring `e`) and l. 883 (use_ret_steps, measuring `e0`).
+WAN_TEACACHE_COEFFICIENTS = [2.39676752e+03, -1.31110545e+03, 2.01331979e+02, -8.29855975e+00, 1.37887774e-01]
+WAN_TEACACHE_RET_COEFFICIENTS = [-5.21862437e+04, 9.23041404e+03, -5.28275948e+02, 1.36987616e+01, -4.99875664e-02]
+TEACACHE_MARGIN = 0.01
+
+
+class TeaCacheRule:
+    """The authors' state and decision for one branch (teacache_generate.py l. 522-550), with `cnt` counted per
+    context: compute when cnt < ret_steps or cnt >= cutoff_steps (acc = 0), else acc += poly(rel) and skip iff
+    acc < thresh (else compute, acc = 0); prev = x always. Records the accumulated values compared."""
+
+    def __init__(self, cache):
+        self.thresh, self.poly, self.n = cache["rel_l1_thresh"], np.poly1d(cache["coefficients"]), cache["num_steps"]
+        self.ret, self.cutoff = cache.get("ret_steps", 1), cache.get("cutoff_steps", self.n - 1)
+        self.cnt, self.acc, self.prev, self.residual, self.compared = 0, 0.0, None, None, []
+
+    def should_calc(self, x):
+        if self.cnt < self.ret or self.cnt >= self.cutoff:
+            calc, self.acc = True, 0.0
+        else:
+            self.acc += self.poly(((x - self.prev).abs().mean() / self.prev.abs().mean()).cpu().item())
+            self.compared.append(self.acc)
+            calc = not self.acc < self.thresh
+            if calc:
+                self.acc = 0.0
+        self.prev = x.clone()
+        self.cnt += 1
+        if self.cnt == self.n:
+            self.cnt = 0
+        return calc
+
+
+class TeaCacheRules:
+    """One `TeaCacheRule` per (model, cache context), recording each decision into the pipeline's trace."""
+
+    def __init__(self, cache, rec):
+        self.cache, self.rec, self.by_context, self.temb = cache, rec, {}, None
+
+    def should_calc(self, x):
+        ctx = self.rec.context
+        assert ctx is not None, "the transformer ran outside a cache context"
+        rule = self.by_context.setdefault((self.rec.model, ctx), TeaCacheRule(self.cache))
+        calc = rule.should_calc(x)
+        self.rec.entry(ctx)["blocks"] = "compute" if calc else "skip"
+        return calc, rule
+
+    def compared(self):
+        return [a for rule in self.by_context.values() for a in rule.compared]
+
+
+class WanTeaCacheStack(torch.nn.Module):
+    """The block loop of `WanTransformer3DModel.forward` (0.42.1) with the authors' rule in front of it (l. 552-568:
+    a skipped call adds the blocks' residual, a computed one stores it)."""
+
+    def __init__(self, blocks, rules):
+        super().__init__()
+        self.blocks, self.rules = list(blocks), rules
+
+    def forward(self, hidden_states, encoder_hidden_states, timestep_proj, rotary_emb):
+        signal = timestep_proj if self.rules.cache.get("step_signal") == "timestep_proj" else self.rules.temb
+        calc, rule = self.rules.should_calc(signal)
+        if not calc:
+            return hidden_states + rule.residual
+        h = hidden_states
+        for block in self.blocks:
+            h = block(h, encoder_hidden_states, timestep_proj, rotary_emb)
+        rule.residual = h - hidden_states
+        return h
+
+
+def with_teacache(model, rules):
+    """Installs the port on `model` (its blocks become one `WanTeaCacheStack`; a forward hook on the condition
+    embedder hands the stack `temb`). Returns the undo function."""
+    blocks = model.blocks
+    model.blocks = torch.nn.ModuleList([WanTeaCacheStack(blocks, rules)])
+
+    def keep_temb(_module, _args, output):
+        rules.temb = output[0]
+
+    handle = model.condition_embedder.register_forward_hook(keep_temb)
+
+    def undo():
+        model.blocks = blocks
+        handle.remove()
+
+    return undo
 
 
 # ---------------------------------------------------------------------------------------------------- denoise
@@ -521,6 +627,10 @@ def run_pipeline(s, cache=None):
         return recording_context
 
     hooked = {}
+    undo = []
+    if cache is not None and cache["type"] == "teacache":
+        rec.teacache = TeaCacheRules(cache, rec)
+        undo = [with_teacache(model, rec.teacache) for model in s.models().values()]
     for label, model in s.models().items():
         model.cache_context = recording_context_for(label, model.cache_context)
         cfg = diffusers_config(cache, pipe)
@@ -538,9 +648,11 @@ def run_pipeline(s, cache=None):
         )[0]
     finally:
         Probes.rec = None
+        for u in undo:
+            u()
         for model in s.models().values():
             del model.cache_context
-            if cache is not None:
+            if cache is not None and cache["type"] != "teacache":
                 model.disable_cache()
     assert len(preds) == s.steps
     want = []
@@ -1028,54 +1140,127 @@ def seacache_case(out, name, s, base):
     print_decisions(rec)
 
 
+def teacache_threshold(s, base):
+    """The threshold (on a geometric grid) with the most skips, at most two thirds of the calls that may skip,
+    then the widest margin, whose compared accumulated values all stay TEACACHE_MARGIN (relative) away from it.
+    Both signals depend on the timestep only, which both branches share: "cond" and "uncond" decide alike, and
+    what tells their states apart is the residual each adds (a shared residual fails the case). With a
+    `step_signal`, only thresholds where measuring the default signal (`temb`) decides otherwise are taken, so the
+    case fails an engine that measures the wrong tensor."""
+    probe = run_pipeline(s, {**base, "rel_l1_thresh": 0.0})[2].teacache
+    for ctx, rule in probe.by_context.items():
+        print(f"   {ctx} accumulated increments (never skipping):", [round(float(a), 4) for a in rule.compared])
+    forced = TeaCacheRule({**base, "rel_l1_thresh": 0.0})
+    skippable = len(probe.by_context) * sum(not (k < forced.ret or k >= forced.cutoff) for k in range(s.steps))
+    values = [abs(a) for a in probe.compared() if a > 0]
+    best = None
+    for t in np.round(np.geomspace(min(values) * 0.5, 2 * max(probe.compared()), 200), 5):
+        _, _, rec, _, _ = run_pipeline(s, {**base, "rel_l1_thresh": float(t)})
+        skips = skip_count(rec)
+        margin = min(abs(a - t) for a in rec.teacache.compared()) / t
+        if "step_signal" in base:
+            default = {k: v for k, v in base.items() if k != "step_signal"}
+            other = run_pipeline(s, {**default, "rel_l1_thresh": float(t)})[2]
+            if [e["cond"]["blocks"] for e in other.steps] == [e["cond"]["blocks"] for e in rec.steps]:
+                continue
+        if (margin > TEACACHE_MARGIN and 0 < skips <= 2 * skippable // 3
+                and (best is None or (skips, margin) > (best[0], best[2]))):
+            best = (skips, float(t), margin)
+    assert best is not None, "no TeaCache threshold with skips and margin"
+    print(f"   TeaCache threshold {best[1]} (skips {best[0]} of {skippable}, relative margin {best[2]:.4f})")
+    return best[1]
+
+
+def teacache_case(out, name, s, base):
+    print(name)
+    reference = run_pipeline(s)[0]
+    t = teacache_threshold(s, base)
+    cache = {**base, "rel_l1_thresh": t}
+    # Never skipping: a polynomial that is never negative, threshold 0.
+    rec, _ = cached_case(out, name, s, cache, {**base, "rel_l1_thresh": 0.0, "coefficients": [1.0, 0.0]}, reference)
+    assert min(abs(a - t) for a in rec.teacache.compared()) > TEACACHE_MARGIN * t
+    assert sorted(c for _, c in rec.teacache.by_context) == sorted(s.contexts())
+    forced = TeaCacheRule(cache)
+    for ctx in s.contexts():
+        decisions = [e[ctx]["blocks"] for e in rec.steps]
+        assert all(d == "compute" for k, d in enumerate(decisions) if k < forced.ret or k >= forced.cutoff), decisions
+    print_decisions(rec)
+
+
 # ---------------------------------------------------------------------------------------------------- main
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="tests/cases")
+    ap.add_argument("--only", nargs="*", help="write only these cases (names as below)")
     args = ap.parse_args()
     out = args.out
     os.makedirs(out, exist_ok=True)
     Probes.install()
+    want = lambda name: not args.only or name in args.only
 
     # Forward, at diffusers' own weight scale (1-D parameters still perturbed).
     fwd = make_model(300, FORWARD_MODEL, weight_scale=1.0)
-    forward_case(out, "wan_forward", fwd, 1, 3, 6, 6, [874.0], seed=310)
+    if want("wan_forward"):
+        forward_case(out, "wan_forward", fwd, 1, 3, 6, 6, [874.0], seed=310)
     nonsquare = make_model(301, SMALL_MODEL, weight_scale=1.0)
-    forward_case(out, "wan_forward_batch2_nonsquare", nonsquare, 2, 3, 4, 8, [967.9232, 301.0], seed=311)
+    if want("wan_forward_batch2_nonsquare"):
+        forward_case(out, "wan_forward_batch2_nonsquare", nonsquare, 2, 3, 4, 8, [967.9232, 301.0], seed=311)
 
     dmodel = make_model(400, SMALL_MODEL)
     dmodel_2 = make_model(401, SMALL_MODEL)
 
     # Denoise without a cache (every step's noise_pred checked against direct transformer calls).
-    uncached_case(out, "wan_denoise_unipc", Setup(dmodel, UNIPC, STEPS, 5.0, batch=1, seed=410))
-    uncached_case(out, "wan_denoise_euler", Setup(dmodel, EULER, STEPS, 5.0, batch=1, seed=411))
-    uncached_case(out, "wan_denoise_noguidance", Setup(dmodel, UNIPC, STEPS, 1.0, batch=2, seed=412))
-    uncached_case(out, "wan_two_experts", Setup(dmodel, UNIPC, STEPS, 4.0, batch=1, seed=413, model_2=dmodel_2,
-                                                boundary_ratio=0.7, guidance_2=3.0))
+    if want("wan_denoise_unipc"):
+        uncached_case(out, "wan_denoise_unipc", Setup(dmodel, UNIPC, STEPS, 5.0, batch=1, seed=410))
+    if want("wan_denoise_euler"):
+        uncached_case(out, "wan_denoise_euler", Setup(dmodel, EULER, STEPS, 5.0, batch=1, seed=411))
+    if want("wan_denoise_noguidance"):
+        uncached_case(out, "wan_denoise_noguidance", Setup(dmodel, UNIPC, STEPS, 1.0, batch=2, seed=412))
+    if want("wan_two_experts"):
+        uncached_case(out, "wan_two_experts", Setup(dmodel, UNIPC, STEPS, 4.0, batch=1, seed=413, model_2=dmodel_2,
+                                                    boundary_ratio=0.7, guidance_2=3.0))
 
     # First Block Cache, one state per context ("cond", "uncond").
-    fbc_case(out, "wan_fbc", Setup(dmodel, UNIPC, STEPS, 5.0, batch=1, seed=420))
+    if want("wan_fbc"):
+        fbc_case(out, "wan_fbc", Setup(dmodel, UNIPC, STEPS, 5.0, batch=1, seed=420))
     # MagCache with ratios from diffusers' calibration of this model.
-    magcache_case(out, "wan_magcache", dmodel, seed=430)
+    if want("wan_magcache"):
+        magcache_case(out, "wan_magcache", dmodel, seed=430)
     # TaylorSeer: self-attention and feed-forward of every block predicted, the last cross-attention zeroed.
-    taylorseer_case(out, "wan_taylorseer", dmodel, seed=440)
+    if want("wan_taylorseer"):
+        taylorseer_case(out, "wan_taylorseer", dmodel, seed=440)
     # SeaCache, Wan's text-to-video adapter: two contexts with first-order residual extrapolation; one context of
     # two samples with the last residual reused as is (Euler scheduler, other retention and power exponent).
-    seacache_case(out, "wan_seacache", Setup(dmodel, UNIPC, STEPS, 5.0, batch=1, seed=450),
-                  {"type": "sea_cache", "threshold": None, "residual_order": 1, "retention_steps": 1,
-                   "cache_end_steps": 1, "max_consecutive_cached": 2, "power_exp": 3.0})
-    seacache_case(out, "wan_seacache_order0", Setup(dmodel, EULER, STEPS, 1.0, batch=2, seed=451),
-                  {"type": "sea_cache", "threshold": None, "residual_order": 0, "retention_steps": 2,
-                   "cache_end_steps": 1, "max_consecutive_cached": 3, "power_exp": 2.5})
+    if want("wan_seacache"):
+        seacache_case(out, "wan_seacache", Setup(dmodel, UNIPC, STEPS, 5.0, batch=1, seed=450),
+                      {"type": "sea_cache", "threshold": None, "residual_order": 1, "retention_steps": 1,
+                       "cache_end_steps": 1, "max_consecutive_cached": 2, "power_exp": 3.0})
+    if want("wan_seacache_order0"):
+        seacache_case(out, "wan_seacache_order0", Setup(dmodel, EULER, STEPS, 1.0, batch=2, seed=451),
+                      {"type": "sea_cache", "threshold": None, "residual_order": 0, "retention_steps": 2,
+                       "cache_end_steps": 1, "max_consecutive_cached": 3, "power_exp": 2.5})
     # Wan 2.2: a cache on each expert, each with its own state per context.
-    fbc_case(out, "wan_two_experts_fbc", Setup(dmodel, UNIPC, STEPS, 4.0, batch=1, seed=460, model_2=dmodel_2,
-                                               boundary_ratio=0.7, guidance_2=3.0))
+    if want("wan_two_experts_fbc"):
+        fbc_case(out, "wan_two_experts_fbc", Setup(dmodel, UNIPC, STEPS, 4.0, batch=1, seed=460, model_2=dmodel_2,
+                                                   boundary_ratio=0.7, guidance_2=3.0))
     # Pyramid Attention Broadcast without guidance (one context: diffusers' PAB state is per module, shared by
     # the "cond" and "uncond" calls).
-    pab_case(out, "wan_pab", dmodel, seed=470)
+    if want("wan_pab"):
+        pab_case(out, "wan_pab", dmodel, seed=470)
 
+    # TeaCache4Wan2.1 (the authors' rule, ported): the 1.3B polynomial measuring `e`; with use_ret_steps, `e0` with
+    # the identity polynomial (the published use_ret_steps one is below -1e5 over this random model's changes,
+    # ~1 per step, far outside the real model's range: it would skip every call after ret_steps).
+    if want("wan_teacache"):
+        teacache_case(out, "wan_teacache", Setup(dmodel, UNIPC, STEPS, 5.0, batch=1, seed=480),
+                      {"type": "teacache", "rel_l1_thresh": None, "coefficients": WAN_TEACACHE_COEFFICIENTS,
+                       "num_steps": STEPS})
+    if want("wan_teacache_ret_steps"):
+        teacache_case(out, "wan_teacache_ret_steps", Setup(dmodel, UNIPC, 12, 5.0, batch=1, seed=481),
+                      {"type": "teacache", "rel_l1_thresh": None, "coefficients": [1.0, 0.0],
+                       "num_steps": 12, "ret_steps": 5, "cutoff_steps": 12, "step_signal": "timestep_proj"})
 
 if __name__ == "__main__":
     main()

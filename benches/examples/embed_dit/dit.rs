@@ -171,6 +171,7 @@ impl<B: Backend> DiT<B> {
             // No step signal: TeaCache's measured tensor is defined per model family by its authors.
             step_signal: None,
             // Both guidance halves in one call.
+            other_step_signals: Vec::new(),
             per_branch_calls: false,
             hands_sigma: false,
         }

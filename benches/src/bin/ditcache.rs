@@ -89,8 +89,8 @@ struct RunArgs {
     /// `shapes` (the trained CogVideoX in assets/shapes), `flux-shapes` (the trained FLUX.1 in
     /// assets/flux_shapes: images, true CFG), `wan-shapes` (the trained Wan 2.1 in assets/wan_shapes), `s` (benchmark model S, random weights), `2b`, `5b`, `latte` (the
     /// Latte bench model, random weights), `latte-1`, or a diffusers model or pipeline directory (CogVideoX,
-    /// Latte or FLUX, told apart by `config.json`'s `_class_name`; FLUX at 1024 × 1024 unless it is a trained
-    /// shapes model).
+    /// Latte, FLUX or Wan, told apart by `config.json`'s `_class_name`; FLUX at 1024 × 1024 and Wan at 81
+    /// frames of 480 × 832 unless it is a trained shapes model).
     #[arg(long, default_value = "shapes")]
     model: String,
     /// The prompt, for models with attribute embeddings (the trained model; refused for others). Repeat it for

@@ -353,6 +353,7 @@ impl<B: ModelBackend> CogVideoXTransformer3DModel<B> {
             modules: self.transformer_blocks.iter().map(CogVideoXBlock::ff_site).collect(),
             module_names: crate::host::cogvideox_names(n),
             step_signal: Some("emb".into()),
+            other_step_signals: Vec::new(),
             per_branch_calls: false,
             hands_sigma: false,
         }

@@ -555,6 +555,7 @@ impl<B: ModelBackend> FluxTransformer2DModel<B> {
                 false => "transformer_blocks.0.norm1".into(),
                 true => "single_transformer_blocks.0.norm".into(),
             }),
+            other_step_signals: Vec::new(),
             per_branch_calls: true,
             hands_sigma: false,
         }

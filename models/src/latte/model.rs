@@ -331,7 +331,7 @@ impl<B: ModelBackend> LatteTransformer3DModel<B> {
             .collect();
         let module_names = crate::host::latte_names(n);
         let step_signal = Some("transformer_blocks.0 norm1-modulated input".into());
-        HostInfo { sites, num_blocks: 2 * n, tensor_format: "BCFHW".into(), modules, module_names, step_signal, per_branch_calls: false, hands_sigma: false }
+        HostInfo { sites, num_blocks: 2 * n, tensor_format: "BCFHW".into(), modules, module_names, step_signal, other_step_signals: vec![], per_branch_calls: false, hands_sigma: false }
     }
 
     /// The mean work of one attention site as a share of the mean block's work (what a reused site saves,

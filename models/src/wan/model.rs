@@ -20,7 +20,7 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::silu;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use cache_core::{
-    attention_site, block_stack, input_latents, module_site, AttentionKind, AttentionSite, CacheStrategy,
+    attention_site, block_stack, input_latents, module_site, step_signal_named, AttentionKind, AttentionSite, CacheStrategy,
     CallContext, HostInfo, JointStates, ModuleSite,
 };
 
@@ -30,6 +30,10 @@ use crate::error::{ModelError, Result};
 use crate::input::{checked, denoiser_call, ForwardInput};
 use crate::nn::{apply_rotary, gelu_tanh, FeedForward, LayerNorm, Linear, RmsNorm, TimestepEmbedding};
 use crate::ops::ModelBackend;
+
+/// The name of Wan's second step signal (the blocks' modulation input), which TeaCache4Wan2.1 measures under
+/// `use_ret_steps`; the default is `temb`.
+pub const TIMESTEP_PROJ: &str = "timestep_proj";
 use crate::weights::{Init, VarBuilder, WeightSource};
 
 /// The rotary tables of one latent grid (`WanRotaryPosEmbed` of the post-patch `(F, H, W)` grid), computed
@@ -308,9 +312,10 @@ impl<B: ModelBackend> WanTransformer3DModel<B> {
             tensor_format: "BCFHW".into(),
             modules: self.blocks.iter().map(WanTransformerBlock::ffn_site).collect(),
             module_names: crate::host::wan_names(&self.config),
-            // TeaCache4Wan2.1 measures `e0` (`timestep_proj`) with its own first/last-step rule (`use_ret_steps`),
-            // not yet ported: no step signal, so TeaCache refuses this host rather than run another rule.
-            step_signal: None,
+            // What TeaCache4Wan2.1 measures (teacache_generate.py l. 520): `e` = diffusers' `temb` `[B, 1, D]`,
+            // or with `use_ret_steps` `e0` = `timestep_proj` `[B, 6, D]`.
+            step_signal: Some("temb".into()),
+            other_step_signals: vec![TIMESTEP_PROJ.into()],
             per_branch_calls: true,
             hands_sigma: true,
         }
@@ -438,6 +443,12 @@ impl<B: ModelBackend> WanTransformer3DModel<B> {
         let (temb, timestep_proj) = self.condition_embedder.time(&input.timestep, &device);
         let text = self.condition_embedder.text(input.encoder_hidden_states);
 
+        // TeaCache4Wan2.1 (teacache_generate.py l. 520): `e` (diffusers' `temb`), or `e0` (`timestep_proj`)
+        // under `use_ret_steps`.
+        step_signal_named(strategy, ctx, |name| match name {
+            Some(TIMESTEP_PROJ) => timestep_proj.clone(),
+            _ => temb.clone().unsqueeze_dim(1),
+        });
         let (head, tail) = self.blocks.split_first().ok_or_else(|| ModelError::InvalidConfig("no blocks".into()))?;
         let run = |block: &WanTransformerBlock<B>, s: &mut S, x: JointStates<B>| -> Result<JointStates<B>> {
             block.forward(x.hidden, &text, &timestep_proj, pos, ctx, s).map(JointStates::single)
