@@ -60,9 +60,44 @@ pub fn layer_norm_modulate<B: Backend>(
     layer_norm(x, weight, bias, eps) * (scale + 1.0) + shift
 }
 
-/// burn's attention with its default scale `1/√head_dim` and no mask.
+/// Score elements (`B · H · query rows · S`, float32: 4 bytes each) one burn attention call may materialise:
+/// 2^26, 256 MiB per score buffer. burn 0.21's wgpu (WGSL: no tensor-core kernels) and its fallback
+/// elsewhere compute `[B, H, L, S]` scores at once; at CogVideoX-2b's real length (17 776 tokens, 30 heads,
+/// CFG batch 2) that would be 76 GB.
+pub const ATTENTION_SCORE_BUDGET: usize = 1 << 26;
+
+/// burn's attention with its default scale `1/√head_dim` and no mask, in query blocks of at most
+/// [`ATTENTION_SCORE_BUDGET`] scores ([`attention_in_blocks`]).
 pub fn attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
-    burn_attention(q, k, v, None, None, AttentionModuleOptions::default())
+    attention_in_blocks(q, k, v, ATTENTION_SCORE_BUDGET)
+}
+
+/// `softmax(q kᵀ / √head_dim) v` with at most `budget` score elements at a time: the queries in blocks of
+/// `budget / (B·H·S)` rows (a multiple of 128 when that is at least 128, the largest query tile of burn's
+/// accelerated kernels, so a backend that has them can still pick them), each block one burn attention call,
+/// the outputs concatenated. Rows are independent in attention, so any split gives the same values; one call
+/// when everything fits. Any length works (no padding, no mask).
+///
+/// # Shapes
+/// `q`: `[B, H, L, hd]`, `k`: `[B, H, S, hd]`, `v`: `[B, H, S, hd_v]` → `[B, H, L, hd_v]`
+pub fn attention_in_blocks<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, budget: usize) -> Tensor<B, 4> {
+    let [b, h, l, _] = q.dims();
+    let s = k.dims()[2];
+    let mut rows = (budget / (b * h * s).max(1)).max(1);
+    if rows >= 128 {
+        rows -= rows % 128;
+    }
+    if rows >= l {
+        return burn_attention(q, k, v, None, None, AttentionModuleOptions::default());
+    }
+    let blocks = (0..l)
+        .step_by(rows)
+        .map(|start| {
+            let n = rows.min(l - start);
+            burn_attention(q.clone().narrow(2, start, n), k.clone(), v.clone(), None, None, AttentionModuleOptions::default())
+        })
+        .collect();
+    Tensor::cat(blocks, 2)
 }
 
 /// RMSNorm over the last dimension (`torch.nn.RMSNorm` / diffusers' `RMSNorm` in float32):
