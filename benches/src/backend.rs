@@ -10,6 +10,8 @@ mod chosen {
     pub const TOLERANCE_FLOOR: f64 = 0.0;
     /// Every committed case reaches ≤ 1.7e-6 rel_l2 here (2026-11-27).
     pub const MEASURED_PRECISION: Option<f64> = Some(1e-5);
+    /// Its kernels are compiled Rust: nothing is compiled or tuned at run time.
+    pub const COMPILES_KERNELS: bool = false;
 }
 
 #[cfg(all(feature = "wgpu", not(feature = "ndarray")))]
@@ -22,6 +24,8 @@ mod chosen {
     pub const TOLERANCE_FLOOR: f64 = 0.0;
     /// Every committed case reaches ≤ 1.7e-6 rel_l2 here (Mesa's llvmpipe, 2026-11-27).
     pub const MEASURED_PRECISION: Option<f64> = Some(1e-5);
+    /// cubecl compiles each kernel (WGSL) on its first launch and autotunes each new shape.
+    pub const COMPILES_KERNELS: bool = true;
 }
 
 #[cfg(all(feature = "cuda", not(any(feature = "ndarray", feature = "wgpu"))))]
@@ -37,6 +41,8 @@ mod chosen {
     pub const TOLERANCE_FLOOR: f64 = 2e-3;
     /// TF32: the cases' own tolerances (raised to the floor) are the bound.
     pub const MEASURED_PRECISION: Option<f64> = None;
+    /// cubecl compiles each kernel (NVRTC) on its first launch and autotunes each new shape.
+    pub const COMPILES_KERNELS: bool = true;
 }
 
 #[cfg(not(any(feature = "ndarray", feature = "wgpu", feature = "cuda")))]
@@ -53,7 +59,50 @@ pub use chosen::{Backend, NAME, TOLERANCE_FLOOR};
 /// (`ditcache parity --max-rel-l2`) apply it.
 pub use chosen::MEASURED_PRECISION;
 
-/// The default device of the backend.
+/// `COMPILES_KERNELS`: whether the backend compiles kernels and autotunes shapes at run time (wgpu, CUDA),
+/// so that a process's first generation is slower than the next ones.
+pub use chosen::COMPILES_KERNELS;
+
+/// Where wgpu and CUDA keep what they compile and tune, for the next process: the workspace's
+/// `target/cubecl` (CUDA's compiled kernels under `cuda/`, autotune results under `autotune/`; burn-wgpu's
+/// WGSL kernels have no persistent cache in cubecl 0.10, only their autotune results do).
+pub fn kernel_cache_dir() -> std::path::PathBuf {
+    crate::crate_dir().join("../target/cubecl")
+}
+
+/// The default device of the backend; on wgpu and CUDA, first points cubecl's caches at
+/// [`kernel_cache_dir`] ([`configure_kernel_caches`]).
 pub fn device() -> burn::tensor::Device<Backend> {
+    configure_kernel_caches();
     Default::default()
+}
+
+/// cubecl 0.10 compiles every kernel again in every process unless its `compilation.cache` is set (off by
+/// default), and keeps autotune results beside the nearest `Cargo.toml` of the working directory (so tests,
+/// run from `benches/`, and the CLI, run from the workspace, tuned separately). This sets both to
+/// [`kernel_cache_dir`] where the configuration (a `cubecl.toml` or `burn.toml` in the working directory or
+/// above, then `CUBECL_*` variables) leaves them at their defaults, before any device reads it; a
+/// configuration cubecl has already loaded is left as it is. Nothing on ndarray.
+pub fn configure_kernel_caches() {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    {
+        use cubecl_runtime::config::cache::CacheConfig;
+        use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig};
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            let mut state = CubeClRuntimeConfig::storage().lock();
+            if state.is_some() {
+                return;
+            }
+            let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+            let dir = kernel_cache_dir();
+            if config.compilation.cache.is_none() {
+                config.compilation.cache = Some(CacheConfig::File(dir.clone()));
+            }
+            if matches!(config.autotune.cache, CacheConfig::Target) {
+                config.autotune.cache = CacheConfig::File(dir);
+            }
+            *state = Some(std::sync::Arc::new(config));
+        });
+    }
 }

@@ -180,6 +180,11 @@ pub struct Report {
     pub calls_per_step: usize,
     /// Rows, the baseline first.
     pub rows: Vec<Row>,
+    /// Seconds of the first (untimed) generation of the process: on GPU backends it includes compiling every
+    /// kernel and autotuning every new shape, which the next process finds cached
+    /// ([`crate::backend::kernel_cache_dir`]); the rows' times are warm.
+    #[serde(default)]
+    pub first_generation_s: f64,
 }
 
 /// serde_json writes an infinite PSNR as `null`; read it back as infinite.
@@ -272,8 +277,8 @@ pub fn run<B: ModelBackend>(
     let total = (1 + (strategies.len() + 1) * opts.repeats) as u64;
     let bar = if opts.progress { ProgressBar::new(total) } else { ProgressBar::hidden() };
     bar.set_style(ProgressStyle::with_template("{msg:>14} {bar:30} {pos}/{len} generations [{elapsed_precise}<{eta_precise}]").expect("template"));
-    bar.set_message("warm-up");
-    generate(model, &input, None)?;
+    bar.set_message(if crate::backend::COMPILES_KERNELS { "first use: compiling and tuning kernels" } else { "warm-up" });
+    let first_generation_s = generate(model, &input, None)?.3;
     bar.inc(1);
 
     let mut rows = Vec::new();
@@ -338,6 +343,7 @@ pub fn run<B: ModelBackend>(
         batch: videos,
         calls_per_step: model.calls_per_step(opts.guidance),
         rows,
+        first_generation_s,
     })
 }
 
@@ -360,7 +366,7 @@ pub fn table(report: &Report) -> String {
     // Per-kind counts only for models with more than one kind of attention.
     let by_kind = report.rows.iter().any(|r| r.attention_reused_by_kind.len() > 1);
     let mut s = format!(
-        "model {} · {} video{} per generation · {} steps{} · guidance {} · backend {} · {} · median of {}\n\n",
+        "model {} · {} video{} per generation · {} steps{} · guidance {} · backend {} · {} · median of {}{}\n\n",
         report.model,
         report.batch,
         if report.batch == 1 { "" } else { "s" },
@@ -369,7 +375,11 @@ pub fn table(report: &Report) -> String {
         report.guidance_scale,
         report.backend,
         report.machine,
-        report.repeats
+        report.repeats,
+        match report.first_generation_s {
+            t if t > 0.0 && crate::backend::COMPILES_KERNELS => format!(" · first generation {t:.2} s (kernel compilation and autotuning)"),
+            _ => String::new(),
+        }
     );
     s += "| strategy | time (s) | s/video | speedup | ideal | efficiency | attn computed/reused | ff predicted | blocks skipped | uncond approx. | rel_l2 | PSNR (dB) | cache peak |";
     if compare {

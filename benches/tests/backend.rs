@@ -13,6 +13,9 @@
 #[allow(dead_code)]
 mod dit;
 
+/// 3. Attention at odd lengths, in bounded query blocks and through the backend's own op, against float64.
+mod attention;
+
 use benches::backend::{device, Backend as B, NAME, TOLERANCE_FLOOR};
 use benches::parity::{committed_cases_dir, rel_l2, run_case};
 use benches::video_model::VideoModel;

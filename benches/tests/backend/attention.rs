@@ -3,7 +3,8 @@
 //! through the backend's own `ModelBackend::attention`, against a float64 evaluation on the host. Inputs are
 //! laid out as the models hand them over: `[B, L, H, hd]` with the head axis swapped in (strided views), batch 2.
 //!
-//! `.ci/run` runs this file on ndarray and on wgpu (Mesa's software Vulkan); `tools/gpu/check.sh` on CUDA.
+//! Part of `tests/backend.rs` (one test binary per backend build: each one links all of burn's wgpu or CUDA
+//! code again).
 
 use benches::backend::{device, Backend as B, TOLERANCE_FLOOR};
 use benches::parity::rel_l2;
