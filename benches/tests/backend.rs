@@ -14,6 +14,7 @@
 mod dit;
 
 /// 3. Attention at odd lengths, in bounded query blocks and through the backend's own op, against float64.
+#[path = "backend/attention.rs"]
 mod attention;
 
 use benches::backend::{device, Backend as B, NAME, TOLERANCE_FLOOR};
