@@ -53,20 +53,23 @@ pub struct TeaCacheConfig {
     pub memory_budget_bytes: Option<usize>,
 }
 
+/// The polynomial published for `checkpoint` in `table`, or `Missing` naming what is published.
+fn lookup<'t>(table: &'t [(&str, [f64; 5])], checkpoint: &str, what: &str, advice: &str) -> Result<&'t [f64; 5], ConfigError> {
+    table.iter().find(|(name, _)| *name == checkpoint).map(|(_, c)| c).ok_or_else(|| {
+        let known: Vec<&str> = table.iter().map(|(n, _)| *n).collect();
+        ConfigError::Missing {
+            field: "coefficients",
+            hint: format!("no published {what} for {checkpoint:?} (published: {}){advice}", known.join(", ")),
+        }
+    })
+}
+
 impl TeaCacheConfig {
     /// The authors' configuration for a published checkpoint (`CogVideoX-2b`, `CogVideoX-5b`,
-    /// `CogVideoX-5b-I2V`, `CogVideoX1.5-5B`, `CogVideoX1.5-5B-I2V`, `FLUX.1-dev`).
+    /// `CogVideoX-5b-I2V`, `CogVideoX1.5-5B`, `CogVideoX1.5-5B-I2V`, `FLUX.1-dev`, `Wan2.1-T2V-1.3B`,
+    /// `Wan2.1-T2V-14B`).
     pub fn published(checkpoint: &str, rel_l1_thresh: f64, num_steps: usize) -> Result<Self, ConfigError> {
-        let (_, c) = PUBLISHED_COEFFICIENTS.iter().find(|(name, _)| *name == checkpoint).ok_or_else(|| {
-            let known: Vec<&str> = PUBLISHED_COEFFICIENTS.iter().map(|(n, _)| *n).collect();
-            ConfigError::Missing {
-                field: "coefficients",
-                hint: format!(
-                    "no published coefficients for {checkpoint:?} (published: {}); fit them with `ditcache calibrate`",
-                    known.join(", ")
-                ),
-            }
-        })?;
+        let c = lookup(&PUBLISHED_COEFFICIENTS, checkpoint, "coefficients", "; fit them with `ditcache calibrate`")?;
         Ok(Self::with_coefficients(rel_l1_thresh, c.to_vec(), num_steps))
     }
 
@@ -74,13 +77,7 @@ impl TeaCacheConfig {
     /// `Wan2.1-T2V-14B`): their second polynomial, `e0` (`timestep_proj`) measured, the first 5 steps computed,
     /// no cutoff (`teacache_generate.py` l. 880–887).
     pub fn published_ret_steps(checkpoint: &str, rel_l1_thresh: f64, num_steps: usize) -> Result<Self, ConfigError> {
-        let (_, c) = PUBLISHED_RET_STEPS_COEFFICIENTS.iter().find(|(name, _)| *name == checkpoint).ok_or_else(|| {
-            let known: Vec<&str> = PUBLISHED_RET_STEPS_COEFFICIENTS.iter().map(|(n, _)| *n).collect();
-            ConfigError::Missing {
-                field: "coefficients",
-                hint: format!("no published use_ret_steps coefficients for {checkpoint:?} (published: {})", known.join(", ")),
-            }
-        })?;
+        let c = lookup(&PUBLISHED_RET_STEPS_COEFFICIENTS, checkpoint, "use_ret_steps coefficients", "")?;
         Ok(Self {
             ret_steps: Some(5),
             cutoff_steps: Some(num_steps),
