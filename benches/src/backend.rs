@@ -106,3 +106,43 @@ pub fn configure_kernel_caches() {
         });
     }
 }
+
+/// The device memory cubecl's pool holds (wgpu, CUDA), read after the queued work has run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeviceMemory {
+    /// Bytes of the live tensors (without padding).
+    pub in_use: u64,
+    /// Bytes the pool has reserved on the device: what the process takes from the device, an upper bound of
+    /// its peak use since the pool last released pages (cubecl 0.10 keeps no peak counter of its own).
+    pub reserved: u64,
+}
+
+/// The device memory of `device` now ([`DeviceMemory`]), after waiting for its queued work; `None` on
+/// ndarray, whose tensors are ordinary host allocations, and for a device of another backend than this
+/// build's.
+pub fn device_memory<B: burn::tensor::backend::Backend>(device: &B::Device) -> Option<DeviceMemory> {
+    #[cfg(all(feature = "wgpu", not(feature = "ndarray")))]
+    type Runtime = burn_wgpu::WgpuRuntime;
+    #[cfg(all(feature = "cuda", not(any(feature = "ndarray", feature = "wgpu"))))]
+    type Runtime = cubecl_cuda::CudaRuntime;
+    #[cfg(all(any(feature = "wgpu", feature = "cuda"), not(feature = "ndarray")))]
+    {
+        use cubecl_runtime::runtime::Runtime as _;
+        let ours = (device as &dyn std::any::Any).downcast_ref::<<Runtime as cubecl_runtime::runtime::Runtime>::Device>()?;
+        B::sync(device).ok()?;
+        let usage = Runtime::client(ours).memory_usage().ok()?;
+        Some(DeviceMemory { in_use: usage.bytes_in_use, reserved: usage.bytes_reserved })
+    }
+    #[cfg(not(all(any(feature = "wgpu", feature = "cuda"), not(feature = "ndarray"))))]
+    {
+        let _ = device;
+        None
+    }
+}
+
+/// Hands the pool's free pages on `device` back (after its queued work), so that the next
+/// [`device_memory`] reads what the work after it reserved; nothing on ndarray.
+pub fn release_free_device_memory<B: burn::tensor::backend::Backend>(device: &B::Device) {
+    let _ = B::sync(device);
+    B::memory_cleanup(device);
+}

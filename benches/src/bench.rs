@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use burn::tensor::Tensor;
-use cache_core::{AttentionKind, CacheStats, Decision, HostInfo, Identity};
+use cache_core::{AttentionKind, CacheStats, CacheStrategy, Decision, HostInfo, Identity};
 use cache_engines::{
     build, CacheConfig, Calibration, FasterCacheConfig, FirstBlockCacheConfig, Preset,
     PyramidAttentionBroadcastConfig, SeaCacheConfig, TaylorSeerCacheConfig,
@@ -154,6 +154,16 @@ pub struct Row {
     /// diffusers' time for the same strategy, when compared.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub diffusers_time_s: Option<f64>,
+    /// On wgpu and CUDA: the device memory the pool reserved over one generation of this row, started with
+    /// the pool's free pages handed back ([`crate::backend::DeviceMemory::reserved`]: an upper bound of the
+    /// generation's peak, model weights included). `None` on ndarray.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_peak_bytes: Option<u64>,
+    /// The share of the generation's time spent inside the engine's hooks (median over the rounds,
+    /// [`crate::engine_time::Timed`]): the engine's own arithmetic, which the ideal speedup does not count.
+    /// `None` on wgpu and CUDA, whose hooks only queue work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_share: Option<f64>,
 }
 
 /// `ditcache bench --json` output.
@@ -185,6 +195,31 @@ pub struct Report {
     /// ([`crate::backend::kernel_cache_dir`]); the rows' times are warm.
     #[serde(default)]
     pub first_generation_s: f64,
+    /// On wgpu and CUDA: the device memory after the first generation and after the last timed one (the
+    /// live tensors and the pool). Equal live bytes mean the generations left nothing behind. `None` on
+    /// ndarray.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_memory: Option<[crate::backend::DeviceMemory; 2]>,
+    /// On ndarray: where the uncached generation's time goes, timed between the hooks, beside what the work
+    /// model behind the `ideal` column assumes. `None` on wgpu and CUDA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work_shares: Option<WorkShares>,
+}
+
+/// Shares of the uncached generation's time ([`Report::work_shares`]): measured between the hooks, and as the
+/// work model ([`cache_core::WorkModel`], multiply-adds) counts them.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct WorkShares {
+    /// Attention sites' share of the block stack's time, measured.
+    pub attention: f64,
+    /// Feed-forward (module) sites' share of the block stack's time, measured.
+    pub ff: f64,
+    /// The block stack's share of the generation's time, measured.
+    pub stack: f64,
+    /// Attention sites' share of the block stack in the work model.
+    pub model_attention: f64,
+    /// Feed-forward sites' share of the block stack in the work model.
+    pub model_ff: f64,
 }
 
 /// serde_json writes an infinite PSNR as `null`; read it back as infinite.
@@ -237,26 +272,57 @@ pub struct BenchOptions {
     pub batch: usize,
 }
 
+/// The speedup `stats`' skip counts imply. With measured [`WorkShares`] (ndarray) the skipped sites and
+/// blocks are weighed by their timed shares and the work outside the block stack (embeddings, final
+/// layers, the scheduler) counts as never skipped; otherwise by the work model's multiply-add counts, the
+/// block stack standing for the whole generation.
+pub fn ideal_speedup(stats: &CacheStats, work: &cache_core::WorkModel, shares: Option<&WorkShares>, host: &HostInfo, steps: usize) -> f64 {
+    let Some(w) = shares else { return stats.ideal_speedup(work, steps) };
+    let blocks = work.num_blocks.max(1) as f64;
+    let timed = cache_core::WorkModel {
+        num_blocks: work.num_blocks,
+        attention_share: if host.sites.is_empty() { 0.0 } else { w.attention * blocks / host.sites.len() as f64 },
+        ff_share: if host.modules.is_empty() { 0.0 } else { w.ff * blocks / host.modules.len() as f64 },
+    };
+    let stack = stats.ideal_speedup(&timed, steps);
+    1.0 / ((1.0 - w.stack) + w.stack / stack)
+}
+
 /// One generation with a strategy (`None`: uncached): final latents, stats, peak bytes, seconds.
 pub fn generate<B: ModelBackend>(
     model: &mut VideoModel<B>,
     input: &DenoiseInput<B>,
     config: Option<&CacheConfig>,
 ) -> Result<(Vec<f32>, CacheStats, usize, f64), String> {
-    let start = Instant::now();
-    let (out, stats, peak): (Tensor<B, 5>, CacheStats, usize) = match config {
-        None => (model.denoise(input.clone(), &mut Identity, DenoiseOptions::default()).map_err(|e| e.to_string())?, CacheStats::default(), 0),
-        Some(cfg) => {
-            let mut s = build::<B>(cfg, &model.host_info()).map_err(|e| e.to_string())?;
-            let out = model.denoise(input.clone(), &mut *s, DenoiseOptions::default()).map_err(|e| e.to_string())?;
-            (out, s.stats(), s.peak_bytes())
-        }
-    };
-    let data = HostTensor::from_tensor(out).data;
-    Ok((data, stats, peak, start.elapsed().as_secs_f64()))
+    generate_timed(model, input, config).map(|(data, stats, peak, secs, ..)| (data, stats, peak, secs))
 }
 
-/// Runs the baseline and each strategy `repeats` times (after one warm-up generation) and builds the report.
+/// [`generate`], with what [`crate::engine_time::Timed`] measured last: the seconds spent inside the
+/// engine's hooks (uncached: the no-op [`Identity`]'s) and the model's compute between them.
+pub fn generate_timed<B: ModelBackend>(
+    model: &mut VideoModel<B>,
+    input: &DenoiseInput<B>,
+    config: Option<&CacheConfig>,
+) -> Result<(Vec<f32>, CacheStats, usize, f64, f64, crate::engine_time::SiteTimes), String> {
+    let start = Instant::now();
+    let mut engine: Box<dyn CacheStrategy<B>> = match config {
+        None => Box::new(Identity),
+        Some(cfg) => build::<B>(cfg, &model.host_info()).map_err(|e| e.to_string())?,
+    };
+    let mut timed = crate::engine_time::Timed::new(&mut *engine);
+    let out: Tensor<B, 5> = model.denoise(input.clone(), &mut timed, DenoiseOptions::default()).map_err(|e| e.to_string())?;
+    let (spent, sites) = (timed.spent().as_secs_f64(), timed.site_times());
+    let (stats, peak) = match config {
+        None => (CacheStats::default(), 0),
+        Some(_) => (engine.stats(), engine.peak_bytes()),
+    };
+    let data = HostTensor::from_tensor(out).data;
+    Ok((data, stats, peak, start.elapsed().as_secs_f64(), spent, sites))
+}
+
+/// Runs the baseline and each strategy `repeats` times (after one warm-up generation), in rounds that run
+/// every row once, and builds the report; on wgpu and CUDA one more generation per row measures its device
+/// memory.
 pub fn run<B: ModelBackend>(
     model: &mut VideoModel<B>,
     model_name: &str,
@@ -279,26 +345,70 @@ pub fn run<B: ModelBackend>(
     bar.set_style(ProgressStyle::with_template("{msg:>14} {bar:30} {pos}/{len} generations [{elapsed_precise}<{eta_precise}]").expect("template"));
     bar.set_message(if crate::backend::COMPILES_KERNELS { "first use: compiling and tuning kernels" } else { "warm-up" });
     let first_generation_s = generate(model, &input, None)?.3;
+    let after_first = crate::backend::device_memory::<B>(device);
     bar.inc(1);
 
-    let mut rows = Vec::new();
-    let mut baseline: Option<(Vec<f32>, f64)> = None;
-    let all = std::iter::once(("baseline".to_string(), None)).chain(strategies.iter().map(|(n, c)| (n.clone(), Some(c))));
-    for (name, cfg) in all {
-        bar.set_message(name.clone());
-        let mut times = Vec::new();
-        let mut first = None;
-        for _ in 0..opts.repeats {
-            let (data, stats, peak, secs) = generate(model, &input, cfg)?;
-            times.push(secs);
-            first.get_or_insert((data, stats, peak));
+    // Rounds: every row once per round, so that a drift of the machine's speed over the table (other load,
+    // clock changes) reaches every row alike and the speedups and efficiencies compare like with like.
+    let all: Vec<(String, Option<&CacheConfig>)> =
+        std::iter::once(("baseline".to_string(), None)).chain(strategies.iter().map(|(n, c)| (n.clone(), Some(c)))).collect();
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); all.len()];
+    let mut engine_times: Vec<Vec<f64>> = vec![Vec::new(); all.len()];
+    let mut base_sites = Vec::new();
+    let mut firsts: Vec<Option<(Vec<f32>, CacheStats, usize)>> = vec![None; all.len()];
+    for round in 0..opts.repeats {
+        for (i, (name, cfg)) in all.iter().enumerate() {
+            bar.set_message(format!("{name} ({}/{})", round + 1, opts.repeats));
+            let (data, stats, peak, secs, engine, sites) = generate_timed(model, &input, *cfg)?;
+            times[i].push(secs);
+            engine_times[i].push(engine);
+            if i == 0 {
+                base_sites.push((secs, sites));
+            }
+            firsts[i].get_or_insert((data, stats, peak));
             bar.inc(1);
         }
-        times.sort_by(f64::total_cmp);
-        let time = times[times.len() / 2];
+    }
+    let after_last = crate::backend::device_memory::<B>(device);
+    // Each row's device peak from one more, untimed generation (handing the free pages back first costs
+    // allocations, which the timed rounds must not pay).
+    let mut peaks: Vec<Option<u64>> = vec![None; all.len()];
+    if after_last.is_some() {
+        for (i, (name, cfg)) in all.iter().enumerate() {
+            bar.set_message(format!("{name} (device memory)"));
+            crate::backend::release_free_device_memory::<B>(device);
+            generate(model, &input, *cfg)?;
+            peaks[i] = crate::backend::device_memory::<B>(device).map(|m| m.reserved);
+        }
+    }
+    let median = |t: &mut Vec<f64>| {
+        t.sort_by(f64::total_cmp);
+        t[t.len() / 2]
+    };
+    let work_shares = (!crate::backend::COMPILES_KERNELS).then(|| {
+        let total: f64 = base_sites.iter().map(|(t, _)| t).sum();
+        let sum = |f: &dyn Fn(&crate::engine_time::SiteTimes) -> std::time::Duration| {
+            base_sites.iter().map(|(_, s)| f(s).as_secs_f64()).sum::<f64>()
+        };
+        let stack = sum(&|s| s.stack).max(f64::MIN_POSITIVE);
+        let blocks = work.num_blocks.max(1) as f64;
+        WorkShares {
+            attention: sum(&|s| s.attention) / stack,
+            ff: sum(&|s| s.modules) / stack,
+            stack: stack / total,
+            model_attention: host.sites.len() as f64 * work.attention_share / blocks,
+            model_ff: host.modules.len() as f64 * work.ff_share / blocks,
+        }
+    });
+    let base_time = median(&mut times[0]);
+    let base = firsts[0].as_ref().expect("repeats >= 1").0.clone();
+    let mut rows = Vec::new();
+    let rows_in = all.into_iter().zip(times).zip(engine_times).zip(firsts).zip(peaks);
+    for (((((name, cfg), mut t), mut engine_t), first), device_peak_bytes) in rows_in {
+        let time = median(&mut t);
+        let engine_s = median(&mut engine_t);
         let (data, stats, peak) = first.expect("repeats >= 1");
-        let (base, base_time) = baseline.get_or_insert_with(|| (data.clone(), time)).clone();
-        let ideal = stats.ideal_speedup(&work, opts.steps);
+        let ideal = ideal_speedup(&stats, &work, work_shares.as_ref(), &host, opts.steps);
         let speedup = base_time / time;
         // The trace's `attention` map also holds the other module sites (feed-forwards) a TaylorSeer hooks.
         let count = |attention: bool| {
@@ -330,6 +440,9 @@ pub fn run<B: ModelBackend>(
             uncond_approximated: stats.uncond().reused,
             config: cfg.cloned().unwrap_or(CacheConfig::None),
             diffusers_time_s: None,
+            device_peak_bytes,
+            // A hook on wgpu or CUDA only queues work: its time says nothing there.
+            engine_share: (!crate::backend::COMPILES_KERNELS).then_some(engine_s / time),
         });
     }
     bar.finish_and_clear();
@@ -344,11 +457,15 @@ pub fn run<B: ModelBackend>(
         calls_per_step: model.calls_per_step(opts.guidance),
         rows,
         first_generation_s,
+        device_memory: after_first.zip(after_last).map(|(a, b)| [a, b]),
+        work_shares,
     })
 }
 
 fn bytes(n: usize) -> String {
-    if n >= 1 << 20 {
+    if n >= 1 << 30 {
+        format!("{:.2} GiB", n as f64 / (1u64 << 30) as f64)
+    } else if n >= 1 << 20 {
         format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64)
     } else {
         format!("{:.1} KiB", n as f64 / 1024.0)
@@ -363,10 +480,12 @@ fn kinds(by_kind: &BTreeMap<String, usize>) -> String {
 
 pub fn table(report: &Report) -> String {
     let compare = report.rows.iter().any(|r| r.diffusers_time_s.is_some());
+    let device = report.rows.iter().any(|r| r.device_peak_bytes.is_some());
+    let engine = report.rows.iter().any(|r| r.engine_share.is_some());
     // Per-kind counts only for models with more than one kind of attention.
     let by_kind = report.rows.iter().any(|r| r.attention_reused_by_kind.len() > 1);
     let mut s = format!(
-        "model {} · {} video{} per generation · {} steps{} · guidance {} · backend {} · {} · median of {}{}\n\n",
+        "model {} · {} video{} per generation · {} steps{} · guidance {} · backend {} · {} · median of {} interleaved rounds{}\n\n",
         report.model,
         report.batch,
         if report.batch == 1 { "" } else { "s" },
@@ -381,11 +500,42 @@ pub fn table(report: &Report) -> String {
             _ => String::new(),
         }
     );
+    if let Some([first, last]) = report.device_memory {
+        s += &format!(
+            "device memory: {} live / {} reserved after the first generation, {} live / {} reserved after the last timed one\n\n",
+            bytes(first.in_use as usize),
+            bytes(first.reserved as usize),
+            bytes(last.in_use as usize),
+            bytes(last.reserved as usize)
+        );
+    }
+    if let Some(w) = report.work_shares {
+        s += &format!(
+            "uncached, timed between the hooks: attention {:.0} % and feed-forwards {:.0} % of the block stack (multiply-add counts: {:.0} % and {:.0} %), the block stack {:.0} % of the generation; `ideal` weighs what a row skips by these timed shares, `engine time` is the share of its time spent inside the engine's hooks\n\n",
+            100.0 * w.attention,
+            100.0 * w.ff,
+            100.0 * w.model_attention,
+            100.0 * w.model_ff,
+            100.0 * w.stack
+        );
+    }
     s += "| strategy | time (s) | s/video | speedup | ideal | efficiency | attn computed/reused | ff predicted | blocks skipped | uncond approx. | rel_l2 | PSNR (dB) | cache peak |";
+    if engine {
+        s += " engine time |";
+    }
+    if device {
+        s += " device peak |";
+    }
     if compare {
         s += " diffusers (s) | ours ÷ diffusers |";
     }
     s += "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
+    if engine {
+        s += "---:|";
+    }
+    if device {
+        s += "---:|";
+    }
     if compare {
         s += "---:|---:|";
     }
@@ -411,6 +561,12 @@ pub fn table(report: &Report) -> String {
             if r.psnr.is_finite() { format!("{:.1}", r.psnr) } else { "∞".into() },
             bytes(r.cache_peak_bytes),
         );
+        if engine {
+            s += &format!(" {} |", r.engine_share.map(|e| format!("{:.1} %", 100.0 * e)).unwrap_or_else(|| "–".into()));
+        }
+        if device {
+            s += &format!(" {} |", r.device_peak_bytes.map(|b| bytes(b as usize)).unwrap_or_else(|| "–".into()));
+        }
         if compare {
             match r.diffusers_time_s {
                 Some(d) => s += &format!(" {:.2} | {:.2} |", d, r.time_s / d),
@@ -472,4 +628,43 @@ pub fn svg_plot(report: &Report) -> String {
     }
     s += "</svg>\n";
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ideal_speedup, WorkShares};
+    use cache_core::{AttentionKind, AttentionSite, CacheStats, Decision, HostInfo, ModuleSite, WorkModel};
+
+    #[test]
+    fn the_timed_ideal_weighs_skips_by_measured_shares_and_never_skips_the_rest() {
+        // Two blocks, one attention and one feed-forward site each; 2 steps.
+        let host = HostInfo {
+            sites: (0..2).map(|index| AttentionSite { stack: "blocks", index, attn: "attn1", kind: AttentionKind::Spatial }).collect(),
+            modules: (0..2).map(|index| ModuleSite { stack: "blocks", index, name: "ff" }).collect(),
+            num_blocks: 2,
+            tensor_format: "BFCHW".into(),
+            module_names: Vec::new(),
+            step_signal: None,
+            other_step_signals: Vec::new(),
+            per_branch_calls: false,
+            hands_sigma: false,
+        };
+        let work = WorkModel { num_blocks: 2, attention_share: 0.25, ff_share: 0.75 };
+        let shares = WorkShares { attention: 0.4, ff: 0.5, stack: 0.9, model_attention: 0.25, model_ff: 0.75 };
+        // Step 1 skips the whole stack: the stack's ideal is 2, and 10 % of the time is outside it:
+        // 1 / (0.1 + 0.9 / 2).
+        let mut whole = CacheStats::default();
+        whole.step_mut(1, 0.0).blocks = Some(Decision::Skip);
+        whole.step_mut(1, 0.0).whole_stack = true;
+        assert!((ideal_speedup(&whole, &work, Some(&shares), &host, 2) - 1.0 / 0.55).abs() < 1e-12);
+        // Without shares, the multiply-add model and the stack as the whole generation.
+        assert!((ideal_speedup(&whole, &work, None, &host, 2) - 2.0).abs() < 1e-12);
+        // One feed-forward predicted: it is half of the stack's 50 % feed-forward time, 25 % of one step's stack,
+        // 12.5 % of the stack over two steps: stack ideal 1 / 0.875; the multiply-add model says 1 / (1 − 0.1875).
+        let mut ff = CacheStats::default();
+        ff.step_mut(0, 0.0).attention.insert("blocks.1.ff".into(), Decision::Skip);
+        let stack = 1.0 / 0.875;
+        assert!((ideal_speedup(&ff, &work, Some(&shares), &host, 2) - 1.0 / (0.1 + 0.9 / stack)).abs() < 1e-12);
+        assert!((ideal_speedup(&ff, &work, None, &host, 2) - 1.0 / 0.8125).abs() < 1e-12);
+    }
 }

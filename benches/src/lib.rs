@@ -3,6 +3,7 @@
 pub mod backend;
 pub mod bench;
 pub mod calibrate;
+pub mod engine_time;
 pub mod parity;
 mod parity_flux;
 mod parity_wan;

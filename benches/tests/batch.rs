@@ -10,6 +10,13 @@ use cache_core::CacheStrategy;
 use cache_engines::{build, CacheConfig, FirstBlockCache, FirstBlockCacheConfig, Identity};
 use models::{DenoiseInput, DenoiseOptions, HostTensor};
 
+/// On wgpu and CUDA the tests of this file run one at a time: they share the device, and
+/// [`repeated_generations_leave_no_device_memory_behind`] reads its memory. Nothing on ndarray.
+fn exclusive() -> Option<std::sync::MutexGuard<'static, ()>> {
+    static DEVICE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    cfg!(not(feature = "ndarray")).then(|| DEVICE.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+}
+
 fn case(name: &str) -> DenoiseCase<B> {
     load_denoise_case::<B>(&committed_cases_dir().join(name), &device()).unwrap()
 }
@@ -55,6 +62,7 @@ fn tolerance() -> f64 {
 
 #[test]
 fn a_batch_of_different_prompts_equals_each_video_alone_without_a_cache() {
+    let _device = exclusive();
     // Two prompts under guidance and unguided; two prompts × two videos on CogVideoX and Latte.
     for name in ["batch_denoise_sincos", "batch_denoise_noguidance", "batch_denoise_rotary_videos2", "latte_batch_videos2"] {
         let mut c = case(name);
@@ -73,6 +81,7 @@ fn a_batch_of_different_prompts_equals_each_video_alone_without_a_cache() {
 
 #[test]
 fn engines_that_decide_without_the_data_never_mix_videos() {
+    let _device = exclusive();
     // PAB, FasterCache (its frequency CFG cache per row), MagCache (ratios only), TaylorSeer: in a batch each
     // video equals its own run with the same engine, so no row ever takes another row's cached tensors.
     for name in ["batch_pab", "batch_fastercache", "batch_magcache", "batch_taylorseer", "latte_batch_fastercache"] {
@@ -94,6 +103,7 @@ fn threshold(c: &DenoiseCase<B>) -> f64 {
 
 #[test]
 fn pooled_fbc_couples_videos_and_per_sample_fbc_does_not() {
+    let _device = exclusive();
     for name in ["batch_fbc", "latte_batch_fbc"] {
         let mut c = case(name);
         let t = threshold(&c);
@@ -139,6 +149,7 @@ fn pooled_fbc_couples_videos_and_per_sample_fbc_does_not() {
 
 #[test]
 fn a_batch_that_the_prompts_do_not_describe_is_a_typed_error() {
+    let _device = exclusive();
     let mut c = case("batch_denoise_rotary_videos2");
     let mut input = c.input.clone();
     // 4 latents rows, 2 prompts: 3 videos per prompt would need 6.
@@ -153,6 +164,7 @@ fn a_batch_that_the_prompts_do_not_describe_is_a_typed_error() {
 
 #[test]
 fn bench_inputs_refuse_an_empty_or_uneven_batch() {
+    let _device = exclusive();
     use benches::bench::BenchOptions;
     use benches::video_model::BenchModel;
     let c = case("batch_denoise_sincos");
@@ -168,4 +180,30 @@ fn bench_inputs_refuse_an_empty_or_uneven_batch() {
     let one = c.model.bench_inputs(&opts(1, None), &device()).unwrap();
     let first = HostTensor::from_tensor(input.latents.narrow(0, 0, 1));
     assert_eq!(first, HostTensor::from_tensor(one.latents), "video 0 keeps the batch-1 run's noise");
+}
+
+/// wgpu and CUDA: a generation leaves nothing on the device. After the first generation (which compiles,
+/// tunes and fills the pool), each further one with a fresh cache engine ends with the same live bytes and a
+/// pool no larger (it may hand back pages that earlier tests left; a memory-pool leak was reported against
+/// burn 0.21's pre-releases, tracel-ai/burn#4792). Not built on ndarray, whose tensors are host allocations.
+#[cfg(not(feature = "ndarray"))]
+#[test]
+fn repeated_generations_leave_no_device_memory_behind() {
+    let _device = exclusive();
+    use benches::backend::device_memory;
+    let mut c = case("batch_denoise_sincos");
+    let host = c.model.host_info();
+    let cfg = CacheConfig::FirstBlockCache(FirstBlockCacheConfig { threshold: 0.2, ..Default::default() });
+    let mut after = Vec::new();
+    for _ in 0..4 {
+        let out = run(&mut c.model, c.input.clone(), build::<B>(&cfg, &host).unwrap().as_mut());
+        drop(out);
+        after.push(device_memory::<B>(&device()).expect("wgpu and CUDA report their device memory"));
+    }
+    let first = after[1];
+    assert!(first.in_use > 0 && first.reserved >= first.in_use, "{first:?}");
+    for (i, m) in after.iter().enumerate().skip(2) {
+        assert_eq!(m.in_use, first.in_use, "live device bytes after generation {} differ from after generation 2: {after:?}", i + 1);
+        assert!(m.reserved <= first.reserved, "the pool grew after generation {}: {after:?}", i + 1);
+    }
 }
