@@ -19,7 +19,8 @@ use crate::video_model::{BenchModel, VideoModel};
 /// The default strategy list: FBC 0.05 / 0.1 / 0.2, PAB spatial 2, FasterCache ([`FasterCacheConfig::for_host`]),
 /// MagCache at two thresholds with the calibrated ratios, TaylorSeer at two settings on every attention and
 /// feed-forward site, TeaCache at two thresholds with the calibrated polynomial (models with a step signal),
-/// SeaCache at two thresholds (models whose pipeline hands the sigma), and the three presets as the calibration resolved them (`quality ≥40dB`, ...).
+/// SeaCache at two thresholds (models whose pipeline hands the sigma), EasyCache at two thresholds
+/// ([`easycache`]), and the three presets as the calibration resolved them (`quality ≥40dB`, ...).
 pub fn default_strategies(host: &HostInfo, calibration: &Calibration) -> Vec<(String, CacheConfig)> {
     let steps = calibration.num_inference_steps;
     let fbc = |t| CacheConfig::FirstBlockCache(FirstBlockCacheConfig { threshold: t, ..Default::default() });
@@ -51,6 +52,10 @@ pub fn default_strategies(host: &HostInfo, calibration: &Calibration) -> Vec<(St
     }
     for threshold in SEACACHE_DEFAULTS {
         let cfg = CacheConfig::SeaCache(SeaCacheConfig { threshold, ..Default::default() });
+        v.push((cfg.label(), cfg));
+    }
+    for thresh in EASYCACHE_DEFAULTS {
+        let cfg = easycache(thresh, steps);
         v.push((cfg.label(), cfg));
     }
     v.extend(preset_rows(calibration));
@@ -90,6 +95,16 @@ pub const TEACACHE_DEFAULTS: [f64; 2] = [0.1, 0.3];
 /// SeaCache rows of the default table (hosts that hand the sigma: Wan): diffusers' default threshold 0.25 and a
 /// faster 0.5, order 1, the other fields diffusers' defaults.
 pub const SEACACHE_DEFAULTS: [f64; 2] = [0.25, 0.5];
+
+/// EasyCache rows of the default table: the authors' `--thresh_t2v` for about 2× and 3× on Wan2.1 (their help
+/// text: 0.1, 0.2).
+pub const EASYCACHE_DEFAULTS: [f64; 2] = [0.1, 0.2];
+
+/// EasyCache at `thresh` for a generation of `steps` steps, warming up for the authors' share of the steps
+/// (10 of 50 on Wan: `ret_steps = round(steps / 5)`).
+pub fn easycache(thresh: f64, steps: usize) -> CacheConfig {
+    CacheConfig::EasyCache(cache_engines::EasyCacheConfig { thresh, ret_steps: (steps + 2) / 5, num_steps: steps })
+}
 
 /// MagCache rows of the default table: (threshold, max_skip_steps).
 pub const MAGCACHE_DEFAULTS: [(f64, usize); 2] = [(0.1, 3), (0.3, 3)];

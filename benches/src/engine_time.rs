@@ -80,6 +80,12 @@ impl<B: Backend> CacheStrategy<B> for Timed<'_, B> {
     fn check_steps(&self, n: usize) -> Result<(), ConfigError> {
         self.inner.check_steps(n)
     }
+    fn reuse_call(&mut self, ctx: &CallContext, latents: &Tensor<B, 5>) -> Option<Tensor<B, 5>> {
+        self.time(|s| s.reuse_call(ctx, latents))
+    }
+    fn after_call(&mut self, ctx: &CallContext, latents: &Tensor<B, 5>, output: &Tensor<B, 5>) {
+        self.time(|s| s.after_call(ctx, latents, output))
+    }
     fn begin_forward(&mut self, ctx: &CallContext) -> BatchPlan {
         self.time(|s| s.begin_forward(ctx))
     }
@@ -155,9 +161,10 @@ mod tests {
 
     #[test]
     fn a_timed_engine_decides_and_computes_exactly_as_the_engine() {
-        // TaylorSeer (attention and module hooks) and FasterCache (batch plan, end of call), each run bare and
+        // TaylorSeer (attention and module hooks), FasterCache (batch plan, end of call), TeaCache (step signal,
+        // block stack) and EasyCache (whole calls replaced), each run bare and
         // timed on its committed case: the same latents bit for bit, the same trace, and some time counted.
-        for case in ["taylorseer_rotary_order2", "fastercache_sincos", "wan_teacache"] {
+        for case in ["taylorseer_rotary_order2", "fastercache_sincos", "wan_teacache", "latte_easycache"] {
             let mut c = load_denoise_case::<B>(&committed_cases_dir().join(case), &device()).unwrap();
             let host = c.model.host_info();
             let mut bare = build::<B>(&c.cache, &host).unwrap();

@@ -85,10 +85,13 @@ pub(crate) fn run_denoise<B: ModelBackend>(dir: &Path, spec: &CaseSpec, device: 
         None | Some(serde_json::Value::Null) => CacheConfig::None,
         Some(v) => serde_json::from_value(v.clone()).map_err(|e| format!("case.json `cache`: {e}"))?,
     };
-    let mut strategy = cache_engines::build::<B>(&cache, &pipe.transformer.host_info()).map_err(|e| e.to_string())?;
-    let mut strategy_2 = match &pipe.transformer_2 {
-        Some(t2) => Some(cache_engines::build::<B>(&cache, &t2.host_info()).map_err(|e| e.to_string())?),
-        None => None,
+    let host = pipe.transformer.host_info();
+    let (mut strategy, mut strategy_2) = match &pipe.transformer_2 {
+        Some(t2) => {
+            let (a, b) = cache_engines::build_experts::<B>(&cache, &host, &t2.host_info()).map_err(|e| e.to_string())?;
+            (a, Some(b))
+        }
+        None => (cache_engines::build::<B>(&cache, &host).map_err(|e| e.to_string())?, None),
     };
     let out = pipe.denoise(input, &mut *strategy, strategy_2.as_deref_mut(), false, None).map_err(|e| e.to_string())?;
     let expected = take(&tensors, "final_latents")?;

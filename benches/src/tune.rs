@@ -78,6 +78,7 @@ fn grid(host: &HostInfo, cal: &Calibration) -> Vec<Vec<CacheConfig>> {
     let sea = [0.1, 0.25, 0.5, 1.0]
         .map(|t| CacheConfig::SeaCache(SeaCacheConfig { threshold: t, ..Default::default() }))
         .to_vec();
+    let easy = [0.05, 0.1, 0.2, 0.3].map(|t| crate::bench::easycache(t, steps)).to_vec();
     let mut seer = Vec::new();
     for interval in [2, 3, 4] {
         for order in [1, 2] {
@@ -86,7 +87,7 @@ fn grid(host: &HostInfo, cal: &Calibration) -> Vec<Vec<CacheConfig>> {
     }
     // Families the host refuses (FasterCache on FLUX and Wan, SeaCache where no sigma is handed) are not
     // searched.
-    let mut families = vec![fbc, pab, fc, mag, tea, sea, seer];
+    let mut families = vec![fbc, pab, fc, mag, tea, sea, easy, seer];
     for f in &mut families {
         f.retain(|c| c.check_host(host).is_ok());
     }

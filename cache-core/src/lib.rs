@@ -4,8 +4,9 @@
 //!
 //! A model that wants to be accelerated calls a [`CacheStrategy`] at three levels of its forward:
 //!
-//! 1. the **denoiser call** ([`CacheStrategy::begin_forward`] / [`CacheStrategy::end_forward`]): the strategy
-//!    sees the classifier-free-guidance batch and the step, may ask the model to run the conditional half only,
+//! 1. the **denoiser call** ([`CacheStrategy::reuse_call`] / [`CacheStrategy::after_call`],
+//!    [`CacheStrategy::begin_forward`] / [`CacheStrategy::end_forward`]): the strategy may replace the whole
+//!    call (EasyCache), sees the classifier-free-guidance batch and the step, may ask the model to run the conditional half only,
 //!    and rebuilds the whole output (FasterCache's CFG-cache);
 //! 2. the **block stack** ([`CacheStrategy::before_blocks`], [`CacheStrategy::after_head_block`],
 //!    [`CacheStrategy::after_tail_blocks`], [`CacheStrategy::after_blocks`]): before the stack the strategy may

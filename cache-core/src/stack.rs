@@ -9,11 +9,14 @@ use crate::strategy::{AttentionPlan, BatchPlan, CacheStrategy, JointStates, Tail
 
 /// Strategies stacked in a defined order.
 ///
+/// - `reuse_call`: members are asked in order and the first that replaces the call decides; no member sees
+///   the rest of that call (a member that must see every call does not stack with one that replaces calls:
+///   `cache-engines` refuses such pairs).
 /// - `begin_forward`: every member is asked; the call runs cond-only if any member asks for it.
 /// - `end_forward`: every member, in reverse order, each getting the previous one's output.
 /// - `before_blocks` / `after_head_block` / `before_attention` / `before_module`: members are asked in order and the first that skips or
 ///   reuses decides; the members after it are not asked for that decision.
-/// - `observe_step_signal` / `after_blocks` / `after_tail_blocks` / `after_attention` / `after_module` / `reset`: every member, so each keeps its own state current
+/// - `after_call` / `observe_step_signal` / `after_blocks` / `after_tail_blocks` / `after_attention` / `after_module` / `reset`: every member, so each keeps its own state current
 ///   with what actually ran.
 pub struct Stack<B: Backend> {
     members: Vec<Box<dyn CacheStrategy<B>>>,
@@ -44,6 +47,14 @@ impl<B: Backend> CacheStrategy<B> for Stack<B> {
 
     fn check_steps(&self, num_inference_steps: usize) -> Result<(), ConfigError> {
         self.members.iter().try_for_each(|m| m.check_steps(num_inference_steps))
+    }
+
+    fn reuse_call(&mut self, ctx: &CallContext, latents: &Tensor<B, 5>) -> Option<Tensor<B, 5>> {
+        self.members.iter_mut().find_map(|m| m.reuse_call(ctx, latents))
+    }
+
+    fn after_call(&mut self, ctx: &CallContext, latents: &Tensor<B, 5>, output: &Tensor<B, 5>) {
+        self.members.iter_mut().for_each(|m| m.after_call(ctx, latents, output));
     }
 
     fn begin_forward(&mut self, ctx: &CallContext) -> BatchPlan {

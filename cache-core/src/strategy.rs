@@ -94,6 +94,22 @@ pub trait CacheStrategy<B: Backend> {
         Ok(())
     }
 
+    /// At the start of a denoiser call, before anything else runs: `Some(output)` replaces the *whole* call
+    /// (patch embedding, blocks, head) with `output`, in the layout of the call's output (EasyCache). The
+    /// model then returns it as it is; no other hook is called for this call.
+    ///
+    /// # Shapes
+    /// - `latents`: the call's input latents, in the layout of its output (`[B, C, F, H, W]` or
+    ///   `[B, F, C, H, W]` as [`crate::HostInfo::tensor_format`] says; FLUX's packed `[B, L, C]` as `[B, 1, L, C, 1]`)
+    /// - returns the call's output (same layout; its channel count may differ: Latte's learned variance)
+    fn reuse_call(&mut self, _ctx: &CallContext, _latents: &Tensor<B, 5>) -> Option<Tensor<B, 5>> {
+        None
+    }
+
+    /// After a computed denoiser call (after [`CacheStrategy::end_forward`]), with its input latents and the
+    /// output the caller gets.
+    fn after_call(&mut self, _ctx: &CallContext, _latents: &Tensor<B, 5>, _output: &Tensor<B, 5>) {}
+
     /// Start of a denoiser call. `ctx.branch` and `ctx.batch_size` describe the batch the caller passed.
     fn begin_forward(&mut self, _ctx: &CallContext) -> BatchPlan {
         BatchPlan::Full
@@ -207,6 +223,12 @@ macro_rules! forward_strategy {
             }
             fn check_steps(&self, n: usize) -> Result<(), ConfigError> {
                 (**self).check_steps(n)
+            }
+            fn reuse_call(&mut self, ctx: &CallContext, latents: &Tensor<B, 5>) -> Option<Tensor<B, 5>> {
+                (**self).reuse_call(ctx, latents)
+            }
+            fn after_call(&mut self, ctx: &CallContext, latents: &Tensor<B, 5>, output: &Tensor<B, 5>) {
+                (**self).after_call(ctx, latents, output)
             }
             fn begin_forward(&mut self, ctx: &CallContext) -> BatchPlan {
                 (**self).begin_forward(ctx)

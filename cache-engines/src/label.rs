@@ -38,6 +38,7 @@ pub(crate) fn label(config: &CacheConfig) -> String {
         }
         CacheConfig::TeaCache(c) => format!("teacache({})", c.rel_l1_thresh),
         CacheConfig::SeaCache(c) => format!("seacache({},o{},k{})", c.threshold, c.residual_order, c.max_consecutive_cached),
+        CacheConfig::EasyCache(c) => format!("easycache({},r{})", c.thresh, c.ret_steps),
         CacheConfig::Stack { strategies } => strategies.iter().map(label).collect::<Vec<_>>().join("+"),
     }
 }

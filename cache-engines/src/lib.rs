@@ -2,9 +2,9 @@
 //!
 //! The facade a user depends on to turn a configuration (code, JSON or TOML) into an engine for a model:
 //! [`CacheConfig`] is the tagged union of every engine's configuration with diffusers' names
-//! (`{"type": "first_block_cache", "threshold": 0.05}`, `type = "mag_cache"`, `"sea_cache"` or `"teacache"` in TOML; a stack is
+//! (`{"type": "first_block_cache", "threshold": 0.05}`, `type = "mag_cache"`, `"sea_cache"`, `"teacache"` or `"easycache"` in TOML; a stack is
 //! `{"type": "stack", "strategies": [...]}`), [`CacheConfig::check_host`] says whether a model can take it,
-//! [`build`] makes the engine, [`Preset`] names the three presets (quality targets), [`Calibration`] resolves them for a model. `cache-core` knows no engine; adding an
+//! [`build`] makes the engine ([`build_experts`] the pair of a two-model pipeline), [`Preset`] names the three presets (quality targets), [`Calibration`] resolves them for a model. `cache-core` knows no engine; adding an
 //! engine touches its crate and this one.
 
 mod calibration;
@@ -25,6 +25,7 @@ pub use cache_pab::{PyramidAttentionBroadcast, PyramidAttentionBroadcastConfig};
 pub use cache_taylorseer::{patterns_for_host as cache_taylorseer_patterns, FactorDtype, TaylorSeer, TaylorSeerCacheConfig};
 pub use cache_magcache::schedule as magcache_schedule;
 pub use cache_seacache::{schedule as seacache_schedule, FailOpen as SeaCacheFailOpen, LatentLayout, SeaCache, SeaCacheConfig};
+pub use cache_easycache::{EasyCache, EasyCacheConfig};
 pub use cache_teacache::{schedule as teacache_schedule, TeaCache, TeaCacheConfig, PUBLISHED_COEFFICIENTS as TEACACHE_PUBLISHED_COEFFICIENTS,
     PUBLISHED_RET_STEPS_COEFFICIENTS as TEACACHE_PUBLISHED_RET_STEPS_COEFFICIENTS};
 pub use calibration::{CalibratedPreset, Calibration, ModelId, PresetConfig, TeaCacheFit};
@@ -56,6 +57,9 @@ pub enum CacheConfig {
     TeaCache(TeaCacheConfig),
     /// SeaCache (`sea_cache`).
     SeaCache(SeaCacheConfig),
+    /// EasyCache (the authors' rule; not in diffusers).
+    #[serde(rename = "easycache")]
+    EasyCache(EasyCacheConfig),
     /// Several strategies, consulted in this order at every hook.
     Stack {
         /// The members.
@@ -68,6 +72,11 @@ pub enum CacheConfig {
 fn conflict(a: &CacheConfig, b: &CacheConfig) -> Option<&'static str> {
     use CacheConfig as C;
     Some(match (a, b) {
+        // A replaced call reaches no other engine's hooks: their per-call state (step counters, residuals,
+        // factors) would miss it.
+        (C::EasyCache(_), _) | (_, C::EasyCache(_)) => {
+            "EasyCache replaces whole denoiser calls, which the other engines' per-call state would miss"
+        }
         (C::FirstBlockCache(_), C::FirstBlockCache(_)) => "two First Block Caches decide the same tail",
         (C::FasterCache(_), C::FasterCache(_)) => "two FasterCaches rebuild the same unconditional branch",
         (C::MagCache(_), C::MagCache(_)) => "two MagCaches decide the same block stack",
@@ -132,6 +141,7 @@ impl CacheConfig {
             CacheConfig::TaylorSeerCache(c) => c.validate(),
             CacheConfig::TeaCache(c) => c.validate(),
             CacheConfig::SeaCache(c) => c.validate(),
+            CacheConfig::EasyCache(c) => c.validate(),
             CacheConfig::Stack { strategies } => {
                 check_stack(strategies)?;
                 strategies.iter().try_for_each(CacheConfig::validate)
@@ -151,6 +161,7 @@ impl CacheConfig {
             CacheConfig::TaylorSeerCache(c) => c.check_host(host),
             CacheConfig::TeaCache(c) => c.check_host(host),
             CacheConfig::SeaCache(c) => c.check_host(host),
+            CacheConfig::EasyCache(c) => c.check_host(host),
             CacheConfig::Stack { strategies } => {
                 check_stack(strategies)?;
                 strategies.iter().try_for_each(|s| s.check_host(host))
@@ -158,20 +169,21 @@ impl CacheConfig {
         }
     }
 
-    /// Refuses a configuration made for another step count (TeaCache's `num_steps`, MagCache's
+    /// Refuses a configuration made for another step count (TeaCache's and EasyCache's `num_steps`, MagCache's
     /// `num_inference_steps`), before anything is built; the engines refuse the same at the start of a
     /// generation ([`CacheStrategy::check_steps`]).
     pub fn check_steps(&self, num_inference_steps: usize) -> Result<(), ConfigError> {
         match self {
             CacheConfig::TeaCache(c) => c.check_steps(num_inference_steps),
             CacheConfig::MagCache(c) => c.check_steps(num_inference_steps),
+            CacheConfig::EasyCache(c) => c.check_steps(num_inference_steps),
             CacheConfig::Stack { strategies } => strategies.iter().try_for_each(|s| s.check_steps(num_inference_steps)),
             _ => Ok(()),
         }
     }
 
     /// A short label for tables: `fbc(0.05)`, `pab(s2)`, `magcache(0.1,k3)`, `seacache(0.25,o1,k2)`,
-    /// `taylorseer(i4,o1)`, `a+b`.
+    /// `taylorseer(i4,o1)`, `easycache(0.05,r10)`, `a+b`.
     pub fn label(&self) -> String {
         label::label(self)
     }
@@ -181,6 +193,25 @@ impl CacheConfig {
 pub fn build<B: Backend>(config: &CacheConfig, host: &HostInfo) -> Result<Box<dyn CacheStrategy<B>>, ConfigError> {
     config.check_host(host)?;
     build_checked(config, host)
+}
+
+/// Engines for a pipeline with two models taking turns in one generation (Wan 2.2's `transformer` and
+/// `transformer_2`), after checking both hosts: an engine each, except EasyCache, whose pair shares one state as
+/// the authors' module globals do ([`EasyCache::share`]).
+#[allow(clippy::type_complexity)]
+pub fn build_experts<B: Backend>(
+    config: &CacheConfig,
+    host: &HostInfo,
+    host_2: &HostInfo,
+) -> Result<(Box<dyn CacheStrategy<B>>, Box<dyn CacheStrategy<B>>), ConfigError> {
+    config.check_host(host)?;
+    config.check_host(host_2)?;
+    if let CacheConfig::EasyCache(c) = config {
+        let first = EasyCache::<B>::new(c.clone());
+        let second = first.share();
+        return Ok((Box::new(first), Box::new(second)));
+    }
+    Ok((build_checked(config, host)?, build_checked(config, host_2)?))
 }
 
 fn build_checked<B: Backend>(config: &CacheConfig, host: &HostInfo) -> Result<Box<dyn CacheStrategy<B>>, ConfigError> {
@@ -194,6 +225,7 @@ fn build_checked<B: Backend>(config: &CacheConfig, host: &HostInfo) -> Result<Bo
         CacheConfig::TeaCache(c) => Box::new(TeaCache::<B>::new(c.clone())),
         // The host's latent layout (BCFHW or BFCHW) decides how the indicator reads the latents.
         CacheConfig::SeaCache(c) => Box::new(SeaCache::<B>::for_host(c.clone(), host)?),
+        CacheConfig::EasyCache(c) => Box::new(EasyCache::<B>::new(c.clone())),
         CacheConfig::Stack { strategies } => {
             Box::new(Stack::new(strategies.iter().map(|s| build_checked(s, host)).collect::<Result<_, _>>()?))
         }

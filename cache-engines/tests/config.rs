@@ -250,3 +250,27 @@ fn sea_cache_uses_diffusers_names_builds_for_video_latents_and_decides_the_whole
     let skips = seacache_schedule(s, 6, &[0.1, 0.1, 0.1, 0.05, 0.1]);
     assert_eq!(skips, vec![false, false, true, true, true, false]);
 }
+
+#[test]
+fn easycache_uses_the_authors_names_defaults_and_refuses_stacks_and_other_step_counts() {
+    let c: CacheConfig = serde_json::from_str(r#"{"type": "easycache", "thresh": 0.1, "ret_steps": 4, "num_steps": 20}"#).unwrap();
+    let CacheConfig::EasyCache(e) = &c else { panic!("{c:?}") };
+    assert_eq!((e.thresh, e.ret_steps, e.num_steps, c.label()), (0.1, 4, 20, "easycache(0.1,r4)".to_string()));
+    // The authors' defaults: --thresh_t2v 0.05, ret_steps 10, 50 sampling steps.
+    let d: CacheConfig = toml::from_str("type = \"easycache\"").unwrap();
+    assert_eq!(d, CacheConfig::EasyCache(EasyCacheConfig { thresh: 0.05, ret_steps: 10, num_steps: 50 }));
+    c.check_host(&cogvideox_host()).unwrap();
+    let err = c.check_steps(30).unwrap_err();
+    assert!(matches!(err, ConfigError::StepMismatch { engine: "EasyCache", field: "num_steps", configured: 20, generation: 30, .. }), "{err}");
+    let bad: CacheConfig = serde_json::from_str(r#"{"type": "easycache", "thresh": -0.1}"#).unwrap();
+    assert!(matches!(bad.validate(), Err(ConfigError::Negative { field: "thresh", .. })));
+    assert!(serde_json::from_str::<CacheConfig>(r#"{"type": "easycache", "threshold": 0.1}"#).is_err(), "unknown field accepted");
+    // A replaced call reaches no other engine: every pair is refused, in either order.
+    let pab = CacheConfig::PyramidAttentionBroadcast(PyramidAttentionBroadcastConfig { spatial_attention_block_skip_range: Some(2), ..Default::default() });
+    for other in [pab, CacheConfig::FirstBlockCache(Default::default()), c.clone()] {
+        for strategies in [vec![c.clone(), other.clone()], vec![other.clone(), c.clone()]] {
+            let stack = CacheConfig::Stack { strategies };
+            assert!(matches!(stack.validate(), Err(ConfigError::Conflict(m)) if m.contains("EasyCache")), "{}", stack.label());
+        }
+    }
+}

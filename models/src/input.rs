@@ -59,9 +59,10 @@ pub(crate) fn cond_half<B: Backend>(input: ForwardInput<B>, ctx: &CallContext) -
     Ok((input, ctx))
 }
 
-/// The denoiser-call level of the hooks, the same for every model: checks the context's batch size, asks the
-/// strategy for the batch plan, runs `blocks` on the whole batch or on its conditional half, and lets the
-/// strategy finish the output.
+/// The denoiser-call level of the hooks, the same for every model: checks the context's batch size, lets the
+/// strategy replace the whole call ([`CacheStrategy::reuse_call`]), asks it for the batch plan, runs `blocks`
+/// on the whole batch or on its conditional half, and lets the strategy finish the output (and see it, with
+/// the call's latents: [`CacheStrategy::after_call`]).
 pub(crate) fn denoiser_call<B: Backend, S: CacheStrategy<B> + ?Sized>(
     input: ForwardInput<B>,
     ctx: &CallContext,
@@ -72,12 +73,18 @@ pub(crate) fn denoiser_call<B: Backend, S: CacheStrategy<B> + ?Sized>(
     if ctx.batch_size != batch {
         return Err(ModelError::Shape(format!("context says batch {}, input has {batch}", ctx.batch_size)));
     }
+    if let Some(out) = strategy.reuse_call(ctx, &input.hidden_states) {
+        return Ok(out);
+    }
+    let latents = input.hidden_states.clone();
     let (input, run_ctx) = match strategy.begin_forward(ctx) {
         BatchPlan::Full => (input, *ctx),
         BatchPlan::CondOnly => cond_half(input, ctx)?,
     };
     let out = blocks(input, &run_ctx, strategy)?;
-    Ok(strategy.end_forward(ctx, out))
+    let out = strategy.end_forward(ctx, out);
+    strategy.after_call(ctx, &latents, &out);
+    Ok(out)
 }
 
 /// The video stream of what a strategy handed back (at an attention site or for the block stack), checked

@@ -3,7 +3,8 @@
 //!
 //! Hosting takes five additions, each marked `// cache:` below:
 //! 1. `host_info`: the attention and feed-forward sites (named like the module paths) and the number of blocks;
-//! 2. the denoiser call: `begin_forward` (run the conditional half only if asked) and `end_forward`;
+//! 2. the denoiser call: `reuse_call` (the whole call replaced), `begin_forward` (run the conditional half
+//!    only if asked), `end_forward` and `after_call`;
 //! 3. the block stack: [`block_stack`] around the first block and the rest;
 //! 4. each attention: [`attention_site`] around the computation;
 //! 5. each MLP: [`module_site`] around it (TaylorSeer predicts any hooked module's output).
@@ -190,7 +191,12 @@ impl<B: Backend> DiT<B> {
         ctx: &CallContext,
         strategy: &mut S,
     ) -> Tensor<B, 4> {
-        // cache: FasterCache may ask for the conditional half only; it rebuilds the other half in end_forward.
+        // cache: EasyCache may replace the whole call (as a one-frame video); FasterCache may ask for the
+        // conditional half only, and rebuilds the other half in end_forward; EasyCache then sees the output.
+        let latents = x.clone().unsqueeze_dim::<5>(2);
+        if let Some(out) = strategy.reuse_call(ctx, &latents) {
+            return out.squeeze_dim(2);
+        }
         let out = match (strategy.begin_forward(ctx), ctx.cond_half()) {
             (BatchPlan::CondOnly, Some((rows, half))) => {
                 let (x, y) = (x.narrow(0, rows.start, rows.len()), y.narrow(0, rows.start, rows.len()));
@@ -198,7 +204,9 @@ impl<B: Backend> DiT<B> {
             }
             _ => self.forward_blocks(x, t, y, ctx, strategy),
         };
-        strategy.end_forward(ctx, out.unsqueeze_dim(2)).squeeze_dim(2)
+        let out = strategy.end_forward(ctx, out.unsqueeze_dim(2));
+        strategy.after_call(ctx, &latents, &out);
+        out.squeeze_dim(2)
     }
 
     fn forward_blocks<S: CacheStrategy<B> + ?Sized>(

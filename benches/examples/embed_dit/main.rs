@@ -10,7 +10,7 @@ mod pipeline;
 use benches::backend::{device, Backend as B};
 use cache_engines::cache_core::{self, CacheStrategy, CfgOrder};
 use cache_engines::{
-    CacheConfig, FactorDtype, FasterCache, FasterCacheConfig, FirstBlockCache, FirstBlockCacheConfig, MagCache,
+    CacheConfig, EasyCache, EasyCacheConfig, FactorDtype, FasterCache, FasterCacheConfig, FirstBlockCache, FirstBlockCacheConfig, MagCache,
     MagCacheConfig, PyramidAttentionBroadcast, PyramidAttentionBroadcastConfig, TaylorSeer, TaylorSeerCacheConfig,
 };
 use models::HostTensor;
@@ -45,12 +45,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         cache_identifiers: Some(vec![r"blocks\.\d+\.(attn|mlp)".into()]),
         ..Default::default()
     };
+    // EasyCache needs no calibration: the authors' threshold for about 2x, warm-up the first fifth of the steps.
+    let easy = EasyCacheConfig { thresh: 0.1, ret_steps: steps / 5, num_steps: steps };
     let engines: Vec<(&str, CacheConfig, Box<dyn CacheStrategy<B>>)> = vec![
         ("first block cache", CacheConfig::FirstBlockCache(fbc.clone()), Box::new(FirstBlockCache::<B>::new(fbc))),
         ("pyramid attention broadcast", CacheConfig::PyramidAttentionBroadcast(pab.clone()), Box::new(PyramidAttentionBroadcast::<B>::new(pab)?)),
         ("fastercache", CacheConfig::FasterCache(fc.clone()), Box::new(FasterCache::<B>::new(fc)?)),
         ("magcache", CacheConfig::MagCache(mag.clone()), Box::new(MagCache::<B>::new(mag))),
         ("taylorseer", CacheConfig::TaylorSeerCache(seer.clone()), Box::new(TaylorSeer::<B>::new(seer)?)),
+        ("easycache", CacheConfig::EasyCache(easy.clone()), Box::new(EasyCache::<B>::new(easy))),
     ];
     for (name, config, mut engine) in engines {
         config.check_host(&host)?;

@@ -290,6 +290,14 @@ pub struct FluxTransformerBlock<B: Backend> {
     pub index: usize,
 }
 
+/// A denoiser-call output back from its 5-D travel form `[B, 1, L, C, 1]` (checked: a strategy handed it back).
+fn flat<B: Backend>(out: Tensor<B, 5>, l: usize) -> Result<Tensor<B, 3>> {
+    match out.dims() {
+        [b, 1, ol, c, 1] if ol == l => Ok(out.reshape([b, l, c])),
+        dims => Err(ModelError::Strategy(format!("the strategy's call output has shape {dims:?}, expected [_, 1, {l}, _, 1]"))),
+    }
+}
+
 /// Both streams of a state; a strategy that dropped the text stream is an error.
 fn streams<B: Backend>(x: JointStates<B>) -> Result<(Tensor<B, 3>, Tensor<B, 3>)> {
     match x.encoder {
@@ -649,6 +657,12 @@ impl<B: ModelBackend> FluxTransformer2DModel<B> {
         strategy: &mut S,
     ) -> Result<Tensor<B, 3>> {
         self.check(&input, pos, ctx)?;
+        // The denoiser-call hooks speak 5-D latents: a `[B, L, C]` tensor travels as `[B, 1, L, C, 1]`.
+        let [b, l, c] = input.hidden_states.dims();
+        let latents = input.hidden_states.clone().reshape([b, 1, l, c, 1]);
+        if let Some(out) = strategy.reuse_call(ctx, &latents) {
+            return flat(out, l);
+        }
         if strategy.begin_forward(ctx) == BatchPlan::CondOnly {
             return Err(ModelError::Strategy(format!(
                 "the strategy asked for the conditional half of a `{}` call; FLUX runs each guidance branch as its own call",
@@ -656,11 +670,10 @@ impl<B: ModelBackend> FluxTransformer2DModel<B> {
             )));
         }
         let out = self.forward_blocks(input, pos, ctx, strategy)?;
-        // The denoiser-call hook speaks 5-D latents: a `[B, L, C]` output travels as `[B, 1, L, C, 1]`.
         let [b, l, c] = out.dims();
         let out = strategy.end_forward(ctx, out.reshape([b, 1, l, c, 1]));
-        let [b, ..] = out.dims();
-        Ok(out.reshape([b, l, c]))
+        strategy.after_call(ctx, &latents, &out);
+        flat(out, l)
     }
 
     fn forward_blocks<S: CacheStrategy<B> + ?Sized>(

@@ -6,7 +6,8 @@
 //! the step count (l. 615–619: `StepContext::sigma`), `noise_uncond + g · (noise_pred − noise_uncond)`, and
 //! `scheduler.step`. Wan 2.2's two experts (l. 585–604): with `boundary_ratio`, steps whose timestep is at least
 //! `boundary_ratio · num_train_timesteps` run `transformer` at `guidance_scale`, the others `transformer_2` at
-//! `guidance_scale_2` (default: `guidance_scale`); each model has its own cache engine and state.
+//! `guidance_scale_2` (default: `guidance_scale`); each model has its own cache engine (EasyCache's two share one
+//! state, as its authors' globals do: `cache_engines::build_experts` makes such a pair).
 
 use std::path::Path;
 
