@@ -29,12 +29,16 @@ pub struct SiteTimes {
     pub stack: Duration,
 }
 
+/// A site's module path as its parts (`blocks`, 3, `attn1`), the key its `Display` string was.
+type SiteKey = (&'static str, usize, &'static str);
+
 /// An engine whose hook calls are timed; [`Timed::spent`] is their total.
 pub struct Timed<'a, B: Backend> {
     inner: &'a mut dyn CacheStrategy<B>,
     spent: Duration,
     sites: SiteTimes,
-    open: HashMap<String, Instant>,
+    /// When each computing site started, by (stack, index, attribute name): no allocation per hook.
+    open: HashMap<SiteKey, Instant>,
     stack_open: Option<Instant>,
 }
 
@@ -49,15 +53,15 @@ impl<'a, B: Backend> Timed<'a, B> {
         self.sites
     }
 
-    fn open_site<T>(&mut self, name: String, computes: bool, out: T) -> T {
+    fn open_site<T>(&mut self, key: SiteKey, computes: bool, out: T) -> T {
         if computes {
-            self.open.insert(name, Instant::now());
+            self.open.insert(key, Instant::now());
         }
         out
     }
 
-    fn close_site(&mut self, name: &str) -> Duration {
-        self.open.remove(name).map(|t| t.elapsed()).unwrap_or_default()
+    fn close_site(&mut self, key: SiteKey) -> Duration {
+        self.open.remove(&key).map(|t| t.elapsed()).unwrap_or_default()
     }
 
     /// Wall time spent in the engine's hooks so far.
@@ -119,10 +123,10 @@ impl<B: Backend> CacheStrategy<B> for Timed<'_, B> {
     fn before_module(&mut self, ctx: &CallContext, site: &ModuleSite) -> AttentionPlan<B> {
         let plan = self.time(|s| s.before_module(ctx, site));
         let computes = matches!(plan, AttentionPlan::Compute);
-        self.open_site(site.to_string(), computes, plan)
+        self.open_site((site.stack, site.index, site.name), computes, plan)
     }
     fn after_module(&mut self, ctx: &CallContext, site: &ModuleSite, output: &JointStates<B>) {
-        let took = self.close_site(&site.to_string());
+        let took = self.close_site((site.stack, site.index, site.name));
         self.sites.modules += took;
         self.time(|s| s.after_module(ctx, site, output))
     }
@@ -135,10 +139,10 @@ impl<B: Backend> CacheStrategy<B> for Timed<'_, B> {
     fn before_attention(&mut self, ctx: &CallContext, site: &AttentionSite) -> AttentionPlan<B> {
         let plan = self.time(|s| s.before_attention(ctx, site));
         let computes = matches!(plan, AttentionPlan::Compute);
-        self.open_site(site.to_string(), computes, plan)
+        self.open_site((site.stack, site.index, site.attn), computes, plan)
     }
     fn after_attention(&mut self, ctx: &CallContext, site: &AttentionSite, output: &JointStates<B>) {
-        let took = self.close_site(&site.to_string());
+        let took = self.close_site((site.stack, site.index, site.attn));
         self.sites.attention += took;
         self.time(|s| s.after_attention(ctx, site, output))
     }

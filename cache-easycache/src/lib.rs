@@ -23,9 +23,10 @@
 //!
 //! Beyond the authors' Wan: where the output has more channels than the input (Latte's learned variance,
 //! which its pipeline drops), the rule measures and adds the residual on the input's channels and a reused
-//! call repeats the extra channels of the last computed call; where it has fewer, the input is cut to the
-//! output's channels (ComfyUI's `x[:, :output_channels]`). A residual of another shape than this call's
-//! (the batch changed) is not used: the call computes.
+//! call repeats the extra channels of the last computed call; where it has fewer (no hosted model: Wan's
+//! image-to-video input is refused), the residual and `k` are taken on the output's channels (ComfyUI's
+//! `x[:, :output_channels]`) while the deciding change is still measured over the whole input. A residual of
+//! another shape than this call's (the batch changed) is not used: the call computes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -198,11 +199,10 @@ impl<B: Backend> CacheStrategy<B> for EasyCache<B> {
     }
 
     fn reuse_call(&mut self, ctx: &CallContext, latents: &Tensor<B, 5>) -> Option<Tensor<B, 5>> {
-        let config = self.config.clone();
         let mut guard = self.lock();
         let s = &mut *guard;
         if Self::leads(ctx) {
-            s.lead.compute = decide(&config, &mut s.lead, ctx.step.step, latents);
+            s.lead.compute = decide(&self.config, &mut s.lead, ctx.step.step, latents);
         }
         let reused = match s.residuals.get(ctx.branch.context_name()) {
             Some(r) if !s.lead.compute && r.input_dims == latents.dims() => {
