@@ -12,6 +12,11 @@ mod chosen {
     pub const MEASURED_PRECISION: Option<f64> = Some(1e-5);
     /// Its kernels are compiled Rust: nothing is compiled or tuned at run time.
     pub const COMPILES_KERNELS: bool = false;
+    /// burn-ndarray holds float32 and float64 only; half-precision cases run on burn-flex, burn 0.21's other
+    /// CPU backend, whose tensors carry their dtype (bfloat16 and float16 included).
+    pub type HalfBackend = burn_flex::Flex;
+    /// Its name.
+    pub const HALF_NAME: &str = "flex";
 }
 
 #[cfg(all(feature = "wgpu", not(feature = "ndarray")))]
@@ -26,6 +31,11 @@ mod chosen {
     pub const MEASURED_PRECISION: Option<f64> = Some(1e-5);
     /// cubecl compiles each kernel (WGSL) on its first launch and autotunes each new shape.
     pub const COMPILES_KERNELS: bool = true;
+    /// Half-precision cases run here too, where the adapter has the dtype (WGSL has float16 as an extension and
+    /// no bfloat16): refused otherwise.
+    pub type HalfBackend = Backend;
+    /// Its name.
+    pub const HALF_NAME: &str = NAME;
 }
 
 #[cfg(all(feature = "cuda", not(any(feature = "ndarray", feature = "wgpu"))))]
@@ -43,6 +53,10 @@ mod chosen {
     pub const MEASURED_PRECISION: Option<f64> = None;
     /// cubecl compiles each kernel (NVRTC) on its first launch and autotunes each new shape.
     pub const COMPILES_KERNELS: bool = true;
+    /// Half-precision cases run here too: burn-cuda's tensors carry their dtype (bfloat16, float16).
+    pub type HalfBackend = Backend;
+    /// Its name.
+    pub const HALF_NAME: &str = NAME;
 }
 
 #[cfg(not(any(feature = "ndarray", feature = "wgpu", feature = "cuda")))]
@@ -58,6 +72,34 @@ pub use chosen::{Backend, NAME, TOLERANCE_FLOOR};
 /// 500× regression pass). `None` where the cases' tolerances are the bound. The parity test and `.ci/run`
 /// (`ditcache parity --max-rel-l2`) apply it.
 pub use chosen::MEASURED_PRECISION;
+
+/// `HalfBackend`: where this build computes half-precision parity cases (`parity-cases-half.md`): the build's own
+/// backend on wgpu and CUDA, burn-flex on the ndarray build. [`replay`] picks it by the case's dtype.
+pub use chosen::{HalfBackend, HALF_NAME};
+
+/// Replays one case ([`crate::parity::run_case_within`]) on the backend that computes its dtype: this build's
+/// for float32, [`HalfBackend`] for bfloat16 and float16 (which refuses a dtype it lacks). The report names
+/// the backend.
+pub fn replay(dir: &std::path::Path, max_rel_l2: Option<f64>) -> crate::parity::CaseReport {
+    use crate::parity::{case_dtype, run_case_within, CaseDtype};
+    let mut report = match case_dtype(dir) {
+        CaseDtype::Float32 => run_case_within::<Backend>(dir, &device(), max_rel_l2),
+        CaseDtype::BFloat16 | CaseDtype::Float16 => {
+            let half = device_of::<HalfBackend>();
+            let mut r = run_case_within::<HalfBackend>(dir, &half, max_rel_l2);
+            r.backend = Some(HALF_NAME);
+            return r;
+        }
+    };
+    report.backend = Some(NAME);
+    report
+}
+
+/// The default device of backend `B`, after [`configure_kernel_caches`].
+fn device_of<B: burn::tensor::backend::Backend>() -> B::Device {
+    configure_kernel_caches();
+    Default::default()
+}
 
 /// `COMPILES_KERNELS`: whether the backend compiles kernels and autotunes shapes at run time (wgpu, CUDA),
 /// so that a process's first generation is slower than the next ones.

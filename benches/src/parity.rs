@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use cache_core::StepTrace;
 use cache_engines::CacheConfig;
+use burn::tensor::FloatDType;
 use models::weights::read_safetensors;
 use models::{DenoiseInput, DenoiseOptions, ForwardInput, HostTensor, ModelBackend, StepNoise};
 
@@ -51,7 +52,52 @@ pub struct CaseSpec {
     pub cache: Option<serde_json::Value>,
     /// `{"rel_l2": ...}`.
     pub tolerance: Tolerance,
+    /// `"bfloat16"` or `"float16"` for a half-precision case (`parity-cases-half.md`); absent means float32.
+    #[serde(default)]
+    pub dtype: Option<String>,
 }
+
+/// The precisions a case can be written at (`case.json`'s `dtype`, `parity-cases-half.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaseDtype {
+    /// Absent, or `"float32"`.
+    Float32,
+    /// `"bfloat16"`.
+    BFloat16,
+    /// `"float16"`.
+    Float16,
+}
+
+impl CaseDtype {
+    /// Reads `case.json`'s `dtype` (torch's names, with or without `torch.`); another name is the case's error.
+    pub fn parse(name: Option<&str>) -> Result<Self, String> {
+        match name.map(|n| n.strip_prefix("torch.").unwrap_or(n)) {
+            None | Some("float32") => Ok(Self::Float32),
+            Some("bfloat16") => Ok(Self::BFloat16),
+            Some("float16") => Ok(Self::Float16),
+            Some(other) => Err(format!("case.json: dtype {other:?} is not one of float32, bfloat16, float16")),
+        }
+    }
+
+    /// burn's dtype.
+    pub fn float_dtype(self) -> FloatDType {
+        match self {
+            Self::Float32 => FloatDType::F32,
+            Self::BFloat16 => FloatDType::BF16,
+            Self::Float16 => FloatDType::F16,
+        }
+    }
+
+    /// torch's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Float32 => "float32",
+            Self::BFloat16 => "bfloat16",
+            Self::Float16 => "float16",
+        }
+    }
+}
+
 
 /// The tolerance of a case.
 #[derive(Debug, Clone, Deserialize)]
@@ -84,9 +130,20 @@ pub struct CaseReport {
     /// The caller's tighter bound, when it lowered the case's tolerance ([`run_case_within`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_rel_l2: Option<f64>,
+    /// The precision the case was computed in (`float32`, `bfloat16`, `float16`: the case's); null when it
+    /// was not computed.
+    pub dtype: Option<&'static str>,
+    /// The backend that computed it, where [`crate::backend::replay`] chose it (half-precision cases run on
+    /// burn-flex in the ndarray build).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<&'static str>,
     /// Why the case failed without a number, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The case asks for a dtype the model family or the backend does not compute in (`error` says which):
+    /// not computed, not passed, and not a failure of what was computed.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub refused: bool,
 }
 
 /// The repository's `tests/cases`, found from [`crate::crate_dir`] (cargo sets `CARGO_MANIFEST_DIR` for tests;
@@ -139,10 +196,18 @@ pub fn run_case<B: ModelBackend>(dir: &Path, device: &B::Device) -> CaseReport {
 /// ~1e-6 is held to what it measured, so that a regression of a few hundred times is caught.
 pub fn run_case_within<B: ModelBackend>(dir: &Path, device: &B::Device, max_rel_l2: Option<f64>) -> CaseReport {
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| dir.display().to_string());
-    match try_run_case::<B>(dir, device) {
-        Ok(Outcome { kind, rel_l2, tolerance, decisions_diff }) => {
+    let refusal = refusal::<B>(dir, device);
+    let refused = refusal.is_some();
+    let outcome = match refusal {
+        Some(why) => Err(why),
+        None => try_run_case::<B>(dir, device),
+    };
+    match outcome {
+        Ok(Outcome { kind, rel_l2, tolerance, decisions_diff, dtype }) => {
             let floor = crate::backend::TOLERANCE_FLOOR;
             let raised = tolerance.max(floor);
+            // The caller's bound is a float32 backend's measured precision: a half-precision case keeps its own.
+            let max_rel_l2 = max_rel_l2.filter(|_| dtype == CaseDtype::Float32);
             let bound = max_rel_l2.map_or(raised, |m| raised.min(m));
             let decisions_match = decisions_diff.as_ref().map(Option::is_none);
             CaseReport {
@@ -155,7 +220,10 @@ pub fn run_case_within<B: ModelBackend>(dir: &Path, device: &B::Device, max_rel_
                 decisions_diff: decisions_diff.flatten(),
                 tolerance_floor: (floor > tolerance).then_some(floor),
                 max_rel_l2: max_rel_l2.filter(|&m| m < raised),
+                dtype: Some(dtype.name()),
+                backend: None,
                 error: None,
+                refused: false,
             }
         }
         Err(e) => CaseReport {
@@ -168,7 +236,10 @@ pub fn run_case_within<B: ModelBackend>(dir: &Path, device: &B::Device, max_rel_
             pass: false,
             tolerance_floor: None,
             max_rel_l2: None,
+            dtype: None,
+            backend: None,
             error: Some(e),
+            refused,
         },
     }
 }
@@ -180,6 +251,7 @@ struct Outcome {
     rel_l2: f64,
     tolerance: f64,
     decisions_diff: Option<Option<String>>,
+    dtype: CaseDtype,
 }
 
 /// A denoise case's error and, for a case with `trace.json`, where the decisions differ.
@@ -188,6 +260,11 @@ pub(crate) type Measured = (f64, Option<Option<String>>);
 fn try_run_case<B: ModelBackend>(dir: &Path, device: &B::Device) -> Result<Outcome, String> {
     let spec = read_spec(dir)?;
     let tolerance = spec.tolerance.rel_l2;
+    let dtype = computed_dtype(&spec)?;
+    if let (Some(_), CaseDtype::BFloat16 | CaseDtype::Float16) = (spec.family.as_deref(), dtype) {
+        // FLUX and Wan load float32 models: refused before this ([`refusal`]), never computed in float32.
+        return Err(format!("the {} family computes float32 only", spec.family.as_deref().unwrap_or("")));
+    }
     match spec.family.as_deref() {
         None => {}
         Some("flux") => {
@@ -196,7 +273,7 @@ fn try_run_case<B: ModelBackend>(dir: &Path, device: &B::Device) -> Result<Outco
                 "denoise" => crate::parity_flux::run_denoise::<B>(dir, &spec, device)?,
                 other => return Err(format!("unknown case kind {other:?}")),
             };
-            return Ok(Outcome { kind: spec.kind, rel_l2, tolerance, decisions_diff });
+            return Ok(Outcome { kind: spec.kind, rel_l2, tolerance, decisions_diff, dtype });
         }
         Some("wan") => {
             let (rel_l2, decisions_diff) = match spec.kind.as_str() {
@@ -204,7 +281,7 @@ fn try_run_case<B: ModelBackend>(dir: &Path, device: &B::Device) -> Result<Outco
                 "denoise" => crate::parity_wan::run_denoise::<B>(dir, &spec, device)?,
                 other => return Err(format!("unknown case kind {other:?}")),
             };
-            return Ok(Outcome { kind: spec.kind, rel_l2, tolerance, decisions_diff });
+            return Ok(Outcome { kind: spec.kind, rel_l2, tolerance, decisions_diff, dtype });
         }
         Some(other) => {
             return Err(format!("case family {other:?} is not supported (supported: flux, wan, or none for CogVideoX/Latte)"))
@@ -213,13 +290,13 @@ fn try_run_case<B: ModelBackend>(dir: &Path, device: &B::Device) -> Result<Outco
     match spec.kind.as_str() {
         "forward" => {
             let tensors = read_safetensors(&dir.join("case.safetensors")).map_err(|e| e.to_string())?;
-            let model = VideoModel::<B>::from_dir(dir, device).map_err(|e| e.to_string())?;
-            let rel_l2 = run_forward(&model, &tensors, device)?;
-            Ok(Outcome { kind: spec.kind, rel_l2, tolerance, decisions_diff: None })
+            let model = VideoModel::<B>::from_dir_as(dir, device, dtype.float_dtype()).map_err(|e| e.to_string())?;
+            let rel_l2 = run_forward(&model, &tensors, device, dtype.float_dtype())?;
+            Ok(Outcome { kind: spec.kind, rel_l2, tolerance, decisions_diff: None, dtype })
         }
         "denoise" => {
             let (rel_l2, decisions_diff) = run_denoise::<B>(dir, &spec, device)?;
-            Ok(Outcome { kind: spec.kind, rel_l2, tolerance, decisions_diff })
+            Ok(Outcome { kind: spec.kind, rel_l2, tolerance, decisions_diff, dtype })
         }
         other => Err(format!("unknown case kind {other:?}")),
     }
@@ -238,18 +315,32 @@ pub(crate) fn tensor<B: ModelBackend, const D: usize>(
     take(tensors, name)?.try_to_tensor::<B, D>(name, device).map_err(|e| format!("case.safetensors: {e}"))
 }
 
+/// [`tensor`] as `dtype`, rounded on the host as torch's `.to(dtype)` rounds (`parity-cases-half.md`: inputs are
+/// stored as float32 and cast before use).
+fn tensor_as<B: ModelBackend, const D: usize>(
+    tensors: &BTreeMap<String, HostTensor>,
+    name: &str,
+    device: &B::Device,
+    dtype: FloatDType,
+) -> Result<burn::tensor::Tensor<B, D>, String> {
+    take(tensors, name)?.try_to_tensor_as::<B, D>(name, device, dtype).map_err(|e| format!("case.safetensors: {e}"))
+}
+
 fn run_forward<B: ModelBackend>(
     model: &VideoModel<B>,
     tensors: &BTreeMap<String, HostTensor>,
     device: &B::Device,
+    dtype: FloatDType,
 ) -> Result<f64, String> {
     let expected = take(tensors, "sample")?;
     let input = ForwardInput {
-        hidden_states: tensor::<B, 5>(tensors, "hidden_states", device)?,
-        encoder_hidden_states: tensor::<B, 3>(tensors, "encoder_hidden_states", device)?,
+        hidden_states: tensor_as::<B, 5>(tensors, "hidden_states", device, dtype)?,
+        encoder_hidden_states: tensor_as::<B, 3>(tensors, "encoder_hidden_states", device, dtype)?,
         timestep: take(tensors, "timestep")?.data.clone(),
     };
-    let out = HostTensor::from_tensor(model.forward(input).map_err(|e| e.to_string())?);
+    let out = model.forward(input).map_err(|e| e.to_string())?;
+    computed_in(FloatDType::from(out.dtype()), dtype)?;
+    let out = HostTensor::from_tensor(out);
     if out.shape != expected.shape {
         return Err(format!("output shape {:?}, expected {:?}", out.shape, expected.shape));
     }
@@ -280,6 +371,51 @@ impl<B: ModelBackend> DenoiseCase<B> {
     }
 }
 
+/// Checks that the model computed in the case's dtype: a case is never passed at another precision
+/// (`parity-cases-half.md`).
+fn computed_in(computed: FloatDType, case: FloatDType) -> Result<(), String> {
+    if computed == case {
+        return Ok(());
+    }
+    Err(format!(
+        "the case is {}, the model computed in {}",
+        models::weights::dtype_name(case),
+        models::weights::dtype_name(computed)
+    ))
+}
+
+/// Why the case is refused, when it asks for a dtype that its model family or the backend `B` does not compute
+/// in ([`models::weights::check_dtype`]); `None` for a case that runs (or fails for another reason).
+fn refusal<B: ModelBackend>(dir: &Path, device: &B::Device) -> Option<String> {
+    let spec = read_spec(dir).ok()?;
+    let dtype = computed_dtype(&spec).ok()?;
+    if dtype == CaseDtype::Float32 {
+        return None;
+    }
+    let dtype = dtype.float_dtype();
+    let checked = match spec.family.as_deref() {
+        Some("flux") => models::weights::check_dtype::<B>("FluxTransformer2DModel", dtype, false, device),
+        Some("wan") => models::weights::check_dtype::<B>("WanTransformer3DModel", dtype, false, device),
+        Some(_) => return None,
+        None => match VideoModel::<B>::check_dtype(dir, device, dtype) {
+            Err(e @ models::ModelError::UnsupportedDtype { .. }) => Err(e),
+            // An unreadable config is the replay's error, not a refusal.
+            _ => Ok(()),
+        },
+    };
+    checked.err().map(|e| e.to_string())
+}
+
+/// The case's precision (`case.json`'s `dtype`).
+fn computed_dtype(spec: &CaseSpec) -> Result<CaseDtype, String> {
+    CaseDtype::parse(spec.dtype.as_deref())
+}
+
+/// The precision a case directory asks for; float32 when its `case.json` cannot be read (the replay says why).
+pub fn case_dtype(dir: &Path) -> CaseDtype {
+    read_spec(dir).ok().and_then(|s| computed_dtype(&s).ok()).unwrap_or(CaseDtype::Float32)
+}
+
 /// Reads `case.json` of a case directory.
 fn read_spec(dir: &Path) -> Result<CaseSpec, String> {
     let spec_path = dir.join("case.json");
@@ -296,11 +432,12 @@ fn load_denoise_spec<B: ModelBackend>(dir: &Path, spec: &CaseSpec, device: &B::D
     if spec.kind != "denoise" {
         return Err(format!("{} is a {:?} case", dir.display(), spec.kind));
     }
+    let dtype = computed_dtype(spec)?.float_dtype();
     let tensors = read_safetensors(&dir.join("case.safetensors")).map_err(|e| e.to_string())?;
     if !dir.join("scheduler").join("scheduler_config.json").exists() {
         return Err(format!("{}: a denoise case needs scheduler/scheduler_config.json", dir.display()));
     }
-    let mut model = VideoModel::<B>::from_dir(dir, device).map_err(|e| e.to_string())?;
+    let mut model = VideoModel::<B>::from_dir_as(dir, device, dtype).map_err(|e| e.to_string())?;
     let cache: CacheConfig = match &spec.cache {
         None | Some(serde_json::Value::Null) => CacheConfig::None,
         Some(v) => serde_json::from_value(v.clone()).map_err(|e| format!("case.json `cache`: {e}"))?,
@@ -313,12 +450,12 @@ fn load_denoise_spec<B: ModelBackend>(dir: &Path, spec: &CaseSpec, device: &B::D
         return Err(format!("timesteps differ: ours {ours_t:?}, diffusers {expected_t:?}"));
     }
     let input = DenoiseInput {
-        latents: tensor::<B, 5>(&tensors, "latents", device)?,
-        prompt_embeds: tensor::<B, 3>(&tensors, "prompt_embeds", device)?,
+        latents: tensor_as::<B, 5>(&tensors, "latents", device, dtype)?,
+        prompt_embeds: tensor_as::<B, 3>(&tensors, "prompt_embeds", device, dtype)?,
         pooled_prompt_embeds: None,
         negative_pooled_prompt_embeds: None,
         negative_prompt_embeds: match tensors.contains_key("negative_prompt_embeds") {
-            true => Some(tensor::<B, 3>(&tensors, "negative_prompt_embeds", device)?),
+            true => Some(tensor_as::<B, 3>(&tensors, "negative_prompt_embeds", device, dtype)?),
             false => None,
         },
         num_videos_per_prompt: spec.num_videos_per_prompt.unwrap_or(1),
@@ -367,6 +504,7 @@ fn run_denoise<B: ModelBackend>(
     device: &B::Device,
 ) -> Result<(f64, Option<Option<String>>), String> {
     let mut case = load_denoise_spec::<B>(dir, spec, device)?;
+    computed_in(case.model.dtype(), computed_dtype(spec)?.float_dtype())?;
     let mut strategy =
         cache_engines::build::<B>(&case.cache, &case.model.host_info()).map_err(|e| e.to_string())?;
     let options = case.options();

@@ -26,9 +26,10 @@ struct Contiguous;
 impl<B: Backend> ModuleMapper<B> for Contiguous {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         param.map(|t| {
-            let (device, grad) = (t.device(), t.is_require_grad());
-            // `into_data` reads the logical values in row-major order, whatever the strides on the device.
-            Tensor::from_data(t.into_data(), &device).set_require_grad(grad)
+            let (device, grad, dtype) = (t.device(), t.is_require_grad(), t.dtype());
+            // `into_data` reads the logical values in row-major order, whatever the strides on the device; the
+            // parameter keeps its dtype (a bfloat16 weight is not widened).
+            Tensor::from_data(t.into_data(), (&device, dtype)).set_require_grad(grad)
         })
     }
 }

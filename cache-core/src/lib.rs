@@ -26,6 +26,7 @@
 
 mod config;
 mod context;
+mod dtype;
 mod hooks;
 mod layout;
 mod memory;
@@ -39,6 +40,7 @@ pub use config::{
     SiteClass, TimestepRange,
 };
 pub use context::{AttentionKind, AttentionSite, Branch, CallContext, CfgOrder, ModuleSite, StepContext};
+pub use dtype::host_tensor_like;
 pub use hooks::{attention_site, block_stack, input_latents, module_site, step_signal, step_signal_named};
 pub use layout::contiguous_params;
 pub use memory::{joint_bytes, tensor_bytes, MemoryLedger};

@@ -22,7 +22,7 @@ mod freq;
 
 use std::collections::HashMap;
 
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Tensor};
 use cache_core::{
     in_range, joint_bytes, AttentionPlan, AttentionSite, BatchPlan, Branch, CacheStats, CacheStrategy, CallContext,
     CfgOrder, ConfigError, Decision, JointStates, MemoryLedger, SiteClass, StateMap, StepContext,
@@ -206,7 +206,6 @@ impl<B: Backend> CacheStrategy<B> for FasterCache<B> {
         let compound = self.config.compound_frequency_weights;
         let dims = output.dims();
         let (h, w) = (dims[3], dims[4]);
-        let device = output.device();
         let skipping = self.denoiser.get_mut(ctx, ()).skipping;
         let out = if skipping {
             let cond = host(output.clone());
@@ -227,7 +226,8 @@ impl<B: Backend> CacheStrategy<B> for FasterCache<B> {
                 })
                 .collect();
             let uncond = self.fft.as_ref().expect("planned").inverse_real(rebuilt);
-            let uncond = Tensor::<B, 5>::from_data(TensorData::new(uncond, dims), &device);
+            // In float32 through the FFT, handed back in the model's dtype (diffusers' `.to(hidden_states.dtype)`).
+            let uncond = cache_core::host_tensor_like(uncond, dims, &output);
             match order {
                 CfgOrder::UncondFirst => Tensor::cat(vec![uncond, output], 0),
                 CfgOrder::CondFirst => Tensor::cat(vec![output, uncond], 0),

@@ -116,11 +116,12 @@ impl<B: Backend> FirstBlockCache<B> {
     }
 }
 
-/// A per-sample mask as `[rows, 1, 1]` floats (1 = skip), each sample's value over its `rows / samples` rows.
-fn mask<B: Backend>(skip: &[bool], rows: usize, device: &B::Device) -> Tensor<B, 3> {
+/// A per-sample mask as `[rows, 1, 1]` floats (1 = skip) in `like`'s dtype, each sample's value over its
+/// `rows / samples` rows.
+fn mask<B: Backend>(skip: &[bool], rows: usize, like: &Tensor<B, 3>) -> Tensor<B, 3> {
     let per = rows / skip.len();
     let v: Vec<f32> = skip.iter().flat_map(|&s| std::iter::repeat_n(if s { 1.0 } else { 0.0 }, per)).collect();
-    Tensor::<B, 1>::from_floats(v.as_slice(), device).reshape([rows, 1, 1])
+    cache_core::host_tensor_like(v, [rows, 1, 1], like)
 }
 
 /// `where(mask, a, b)` with a float mask broadcast over tokens and channels.
@@ -185,7 +186,7 @@ impl<B: Backend> CacheStrategy<B> for FirstBlockCache<B> {
             (state.mixed_skip.take(), state.head_residual.as_ref(), state.tail.as_ref())
         {
             // Samples that decided to skip keep their reference and take their cached tail.
-            let m = mask::<B>(&skips, residual.dims()[0], &residual.device());
+            let m = mask::<B>(&skips, residual.dims()[0], &residual);
             residual = select(&m, prev.clone(), residual);
             tail = old_tail.clone().zip(tail, |old, new| select(&m, old, new));
             let cached = head_output.clone().zip(old_tail.clone(), |h, t| h + t);

@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, Tensor};
 use cache_core::{
     tensor_bytes, AttentionPlan, AttentionSite, CacheStats, CacheStrategy, CallContext, ConfigError, Decision,
     JointStates, MemoryLedger, ModuleSite, StateMap,
@@ -38,7 +38,9 @@ struct SeerState<B: Backend> {
     factors: Vec<Vec<Tensor<B, 3>>>,
     /// The last computed output's streams (for a zeroed module: only their shapes matter).
     shapes: Vec<[usize; 3]>,
-    device: Option<B::Device>,
+    /// Where and in which dtype the module computed (a zeroed module's zeros are made so, as diffusers'
+    /// `torch.zeros(..., dtype=module_dtypes[i])`).
+    device: Option<(B::Device, DType)>,
     computing: bool,
     bytes: usize,
 }
@@ -68,17 +70,18 @@ fn joint<B: Backend>(mut v: Vec<Tensor<B, 3>>) -> JointStates<B> {
     JointStates { hidden: v.pop().expect("one stream"), encoder }
 }
 
-/// Rounds to the storage dtype (bfloat16 / float16 round to nearest even) and back to float32.
+/// Rounds to the storage dtype (bfloat16 / float16 round to nearest even) and back to the module's dtype
+/// (`factor.to(taylor_factors_dtype)` when stored, `factor.to(output_dtype)` when used: one host rounding, then
+/// the module's own, as torch's two casts do; float32 factors are the module's values as they are).
 fn store<B: Backend>(t: Tensor<B, 3>, dtype: FactorDtype) -> Tensor<B, 3> {
     let round: fn(f32) -> f32 = match dtype {
         FactorDtype::Float32 => return t,
         FactorDtype::Bfloat16 => |v| half::bf16::from_f32(v).to_f32(),
         FactorDtype::Float16 => |v| half::f16::from_f32(v).to_f32(),
     };
-    let device = t.device();
     let shape = t.dims();
-    let v: Vec<f32> = t.into_data().convert::<f32>().into_vec::<f32>().expect("float data").into_iter().map(round).collect();
-    Tensor::from_data(TensorData::new(v, shape), &device)
+    let v: Vec<f32> = t.clone().into_data().convert::<f32>().into_vec::<f32>().expect("float data").into_iter().map(round).collect();
+    cache_core::host_tensor_like(v, shape, &t)
 }
 
 impl<B: Backend> TaylorSeer<B> {
@@ -131,8 +134,8 @@ impl<B: Backend> TaylorSeer<B> {
         let o = (step - s.last_update.expect("checked")) as f64;
         let out = match mode {
             Mode::Zero => {
-                let device = s.device.clone().expect("set with the shapes");
-                s.shapes.iter().map(|&sh| Tensor::zeros(sh, &device)).collect()
+                let (device, dtype) = s.device.clone().expect("set with the shapes");
+                s.shapes.iter().map(|&sh| Tensor::zeros(sh, (&device, dtype))).collect()
             }
             Mode::Predict => s
                 .factors
@@ -162,7 +165,7 @@ impl<B: Backend> TaylorSeer<B> {
         }
         let outs = streams(output);
         s.shapes = outs.iter().map(|t| t.dims()).collect();
-        s.device = Some(output.hidden.device());
+        s.device = Some((output.hidden.device(), output.hidden.dtype()));
         if mode == Mode::Predict {
             let old = std::mem::take(&mut s.factors);
             let d = s.last_update.map(|l| (step - l) as f32);

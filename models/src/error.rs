@@ -53,6 +53,17 @@ pub enum ModelError {
         /// The dtype found.
         dtype: String,
     },
+    /// A compute dtype the model family, or the backend, does not run in: refused rather than computed at
+    /// another precision.
+    #[error("{model} does not run in {dtype} here: {reason}")]
+    UnsupportedDtype {
+        /// The model class.
+        model: String,
+        /// The dtype asked for (torch's name).
+        dtype: String,
+        /// Why.
+        reason: String,
+    },
     /// The checkpoint holds weights the model does not use (a config/checkpoint mismatch).
     #[error("checkpoint has {} weight(s) the model does not use: {}", .names.len(), .names.join(", "))]
     UnusedWeights {

@@ -1,7 +1,7 @@
 //! The small layers diffusers' models are built from, loaded under PyTorch's parameter names.
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::silu;
+use crate::ops::generic::silu;
 use burn::tensor::{backend::Backend, Tensor};
 
 use crate::error::Result;
@@ -25,7 +25,7 @@ impl<B: Backend> Linear<B> {
         let mut vb = vb.pp(name);
         let bound = 1.0 / (d_in as f64).sqrt();
         let weight = vb.host("weight", &[d_out, d_in], Init::Uniform(bound))?;
-        let weight: Tensor<B, 2> = weight.transposed().to_tensor(vb.device());
+        let weight: Tensor<B, 2> = vb.upload(&weight.transposed());
         let bias = if bias { Some(vb.param("bias", [d_out], Init::Uniform(bound))?) } else { None };
         Ok(Self { weight: Param::from_tensor(weight), bias })
     }
@@ -44,7 +44,7 @@ impl<B: Backend> Linear<B> {
         let d_in = channels * patch * patch;
         let bound = 1.0 / (d_in as f64).sqrt();
         let weight = vb.host("weight", &[d_out, channels, patch, patch], Init::Uniform(bound))?;
-        let weight: Tensor<B, 2> = weight.reshaped(&[d_out, d_in]).transposed().to_tensor(vb.device());
+        let weight: Tensor<B, 2> = vb.upload(&weight.reshaped(&[d_out, d_in]).transposed());
         let bias = if bias { Some(vb.param("bias", [d_out], Init::Uniform(bound))?) } else { None };
         Ok(Self { weight: Param::from_tensor(weight), bias })
     }

@@ -2,7 +2,7 @@
 //! classifier-free guidance batched as `[uncond, cond]` ([`Guidance`]), the progress bar and the guided step loop
 //! that the CogVideoX and Latte pipelines run.
 
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, FloatDType, Tensor};
 use cache_core::{Branch, CallContext, CfgOrder, StepContext};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -256,6 +256,10 @@ pub(crate) fn guided_steps_indexed<B: Backend>(
     mut step: impl FnMut(usize, Tensor<B, 5>, i64, Tensor<B, 5>) -> Result<Tensor<B, 5>>,
 ) -> Result<Tensor<B, 5>> {
     let bar = progress_bar(options.progress, timesteps.len());
+    // The latents are held in the model's dtype; in half precision the model's output is taken to float32
+    // (`noise_pred.float()`), guidance and the step run in float32, and the new latents are rounded back
+    // (`latents.to(prompt_embeds.dtype)`), as `CogVideoXPipeline` does. No-ops in float32.
+    let dtype = FloatDType::from(latents.dtype());
     for (i, &t) in timesteps.iter().enumerate() {
         let ctx = CallContext::new(
             StepContext { step: i, num_steps: timesteps.len(), timestep: t as f64, sigma: None },
@@ -267,11 +271,11 @@ pub(crate) fn guided_steps_indexed<B: Backend>(
             encoder_hidden_states: guidance.encoder.clone(),
             timestep: vec![t as f32; guidance.batch],
         };
-        let noise_pred = guidance.combine(predict(call, &ctx)?);
+        let noise_pred = guidance.combine(predict(call, &ctx)?.cast(FloatDType::F32));
         if let Some(cb) = options.on_step.as_mut() {
             cb(i, t, &noise_pred);
         }
-        latents = step(i, noise_pred, t, latents)?;
+        latents = step(i, noise_pred, t, latents.cast(FloatDType::F32))?.cast(dtype);
         bar.inc(1);
     }
     bar.finish_and_clear();

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use burn::tensor::Tensor;
+use burn::tensor::{FloatDType, Tensor};
 use cache_core::{Branch, CacheStrategy, CallContext, HostInfo, Identity, StepContext};
 
 use crate::error::{ModelError, Result};
@@ -41,17 +41,20 @@ impl<B: ModelBackend> VideoModel<B> {
     /// its `_class_name` names, and refused when the pipeline does not run that class
     /// ([`CogVideoXScheduler::from_json_file`], [`LattePipeline::from_pretrained`]).
     pub fn from_dir(dir: &Path, device: &B::Device) -> Result<Self> {
-        let transformer = crate::config_file::transformer_dir(dir);
+        Self::from_dir_as(dir, device, FloatDType::F32)
+    }
+
+    /// [`Self::from_dir`] computing in `dtype` (diffusers' `torch_dtype`): float32 for every family, bfloat16 and
+    /// float16 for CogVideoX on a backend that has them; anything else is a [`ModelError::UnsupportedDtype`].
+    pub fn from_dir_as(dir: &Path, device: &B::Device, dtype: FloatDType) -> Result<Self> {
+        let (transformer, class) = Self::class_of(dir)?;
         let config_path = transformer.join("config.json");
-        let text = std::fs::read_to_string(&config_path).map_err(|source| ModelError::Io { path: config_path.clone(), source })?;
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| ModelError::Parse { path: config_path.clone(), reason: e.to_string() })?;
-        let class = json.get("_class_name").and_then(|v| v.as_str()).unwrap_or("CogVideoXTransformer3DModel");
         let scheduler_path = dir.join("scheduler").join("scheduler_config.json");
         let has_scheduler = scheduler_path.exists();
-        match class {
+        Self::check_dtype(dir, device, dtype)?;
+        match class.as_str() {
             "CogVideoXTransformer3DModel" => {
-                let model = CogVideoXTransformer3DModel::from_pretrained(&transformer, device)?;
+                let model = CogVideoXTransformer3DModel::from_pretrained_as(&transformer, device, dtype)?;
                 let scheduler = if has_scheduler {
                     CogVideoXScheduler::from_json_file(&scheduler_path)?
                 } else {
@@ -74,6 +77,25 @@ impl<B: ModelBackend> VideoModel<B> {
         }
     }
 
+    /// Whether the model of `dir` can compute in `dtype` on `device`, read from its config without loading
+    /// weights: the family must run in that dtype (half precision: CogVideoX) and the backend must have it; a
+    /// [`ModelError::UnsupportedDtype`] says which is missing.
+    pub fn check_dtype(dir: &Path, device: &B::Device, dtype: FloatDType) -> Result<()> {
+        let (_, class) = Self::class_of(dir)?;
+        crate::weights::check_dtype::<B>(&class, dtype, class == "CogVideoXTransformer3DModel", device)
+    }
+
+    /// The transformer directory of `dir` and the `_class_name` of its config (CogVideoX when absent).
+    fn class_of(dir: &Path) -> Result<(std::path::PathBuf, String)> {
+        let transformer = crate::config_file::transformer_dir(dir);
+        let config_path = transformer.join("config.json");
+        let text = std::fs::read_to_string(&config_path).map_err(|source| ModelError::Io { path: config_path.clone(), source })?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| ModelError::Parse { path: config_path.clone(), reason: e.to_string() })?;
+        let class = json.get("_class_name").and_then(|v| v.as_str()).unwrap_or("CogVideoXTransformer3DModel");
+        Ok((transformer, class.to_owned()))
+    }
+
     /// A CogVideoX preset with weights from `weights`, and CogVideoX-2b's scheduler.
     pub fn cogvideox(config: &CogVideoXConfig, weights: &mut WeightSource, device: &B::Device) -> Result<Self> {
         let model = CogVideoXTransformer3DModel::load(config, weights, device)?;
@@ -86,6 +108,18 @@ impl<B: ModelBackend> VideoModel<B> {
         let transformer = LatteTransformer3DModel::load(config, weights, device)?;
         let scheduler = DDIMScheduler::new(DDIMSchedulerConfig::latte())?;
         Ok(Self::Latte(LattePipeline { transformer, scheduler }))
+    }
+
+    /// The dtype the transformer computes in (its weights'): float32, or CogVideoX's half precision
+    /// ([`Self::from_dir_as`]).
+    pub fn dtype(&self) -> FloatDType {
+        let w = match self {
+            Self::CogVideoX { model, .. } => model.proj_out.weight.val(),
+            Self::Latte(p) => p.transformer.proj_out.weight.val(),
+            Self::Flux(p) => p.transformer.proj_out.weight.val(),
+            Self::Wan(p) => p.transformer.proj_out.weight.val(),
+        };
+        w.dtype().into()
     }
 
     /// The family's diffusers class name.

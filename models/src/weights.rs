@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use burn::module::{Param, ParamId};
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, FloatDType, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{ModelError, Result};
@@ -29,9 +29,26 @@ impl HostTensor {
         Tensor::from_data(TensorData::new(self.data.clone(), self.shape.clone()), device)
     }
 
+    /// Moves it to a device as a tensor of `dtype`: converted on the host with round-to-nearest-even, as torch's
+    /// `.to(dtype)` rounds (burn-flex's on-device cast from float32 goes through float64 and misrounds a few
+    /// values in 10⁵), exactly for values already representable in `dtype` (a half-precision checkpoint).
+    pub fn to_tensor_as<B: Backend, const D: usize>(&self, device: &B::Device, dtype: FloatDType) -> Tensor<B, D> {
+        let data = TensorData::new(self.data.clone(), self.shape.clone());
+        if dtype == FloatDType::F32 {
+            return Tensor::from_data(data, (device, DType::F32));
+        }
+        let dtype = DType::from(dtype);
+        Tensor::from_data(data.convert_dtype(dtype), (device, dtype))
+    }
+
     /// [`HostTensor::to_tensor`] for data that comes from a user's file: a tensor of another rank, or whose
     /// data does not fill its shape, is a typed error naming `name` instead of a panic in burn's `from_data`.
     pub fn try_to_tensor<B: Backend, const D: usize>(&self, name: &str, device: &B::Device) -> Result<Tensor<B, D>> {
+        self.try_to_tensor_as(name, device, FloatDType::F32)
+    }
+
+    /// [`HostTensor::try_to_tensor`] as a tensor of `dtype` ([`HostTensor::to_tensor_as`]).
+    pub fn try_to_tensor_as<B: Backend, const D: usize>(&self, name: &str, device: &B::Device, dtype: FloatDType) -> Result<Tensor<B, D>> {
         if self.shape.len() != D {
             return Err(ModelError::Shape(format!("`{name}` has shape {:?} ({}-D), expected a {D}-D tensor", self.shape, self.shape.len())));
         }
@@ -39,7 +56,7 @@ impl HostTensor {
         if n != self.data.len() {
             return Err(ModelError::Shape(format!("`{name}` has shape {:?} ({n} values) but holds {}", self.shape, self.data.len())));
         }
-        Ok(self.to_tensor(device))
+        Ok(self.to_tensor_as(device, dtype))
     }
 
     /// The transpose of a 2-D tensor, materialised row-major (`[r, c]` → `[c, r]`).
@@ -106,18 +123,19 @@ enum Source {
 pub struct WeightSource {
     source: Source,
     used: BTreeSet<String>,
+    dtype: FloatDType,
 }
 
 impl WeightSource {
     /// Random weights from a seed: each weight's values depend on the seed and its name only, so the same
     /// config and seed give the same model on every backend.
     pub fn random(seed: u64) -> Self {
-        Self { source: Source::Random { seed, drawn: BTreeMap::new() }, used: BTreeSet::new() }
+        Self { source: Source::Random { seed, drawn: BTreeMap::new() }, used: BTreeSet::new(), dtype: FloatDType::F32 }
     }
 
     /// Weights already in memory, by diffusers name.
     pub fn from_tensors(tensors: BTreeMap<String, HostTensor>) -> Self {
-        Self { source: Source::Memory(tensors), used: BTreeSet::new() }
+        Self { source: Source::Memory(tensors), used: BTreeSet::new(), dtype: FloatDType::F32 }
     }
 
     /// The weights of a diffusers model directory: `diffusion_pytorch_model.safetensors`, or the sharded
@@ -146,7 +164,20 @@ impl WeightSource {
                 ),
             });
         };
-        Ok(Self { source: Source::Checkpoint(checkpoint), used: BTreeSet::new() })
+        Ok(Self { source: Source::Checkpoint(checkpoint), used: BTreeSet::new(), dtype: FloatDType::F32 })
+    }
+
+    /// The weights as `dtype` on the device (float32 by default, whatever the files hold): a model loaded so
+    /// computes in that dtype, as diffusers' `from_pretrained(..., torch_dtype=...)` does. Only the model families
+    /// that say so run in half precision (`CogVideoXTransformer3DModel::load`); the others refuse it.
+    pub fn with_dtype(mut self, dtype: FloatDType) -> Self {
+        self.dtype = dtype;
+        self
+    }
+
+    /// The dtype weights are put on the device in ([`WeightSource::with_dtype`]).
+    pub fn dtype(&self) -> FloatDType {
+        self.dtype
     }
 
     /// Fetches one weight in PyTorch layout, checking its shape.
@@ -335,6 +366,38 @@ pub fn save_safetensors(path: &Path, tensors: &BTreeMap<String, HostTensor>) -> 
     std::fs::write(path, out).map_err(|source| ModelError::Io { path: path.to_owned(), source })
 }
 
+/// torch's name of a float dtype (`bfloat16`, `float16`, `float32`, `float64`).
+pub fn dtype_name(dtype: FloatDType) -> &'static str {
+    match dtype {
+        FloatDType::F64 => "float64",
+        FloatDType::F32 | FloatDType::Flex32 => "float32",
+        FloatDType::F16 => "float16",
+        FloatDType::BF16 => "bfloat16",
+    }
+}
+
+/// Checks a model's compute dtype before loading: `half` says whether the family runs in half precision
+/// (float16/bfloat16), and the backend must hold and compute that dtype on `device` (burn-ndarray has float32
+/// and float64 only; burn-flex, burn-cuda have all four).
+pub fn check_dtype<B: Backend>(model: &str, dtype: FloatDType, half: bool, device: &B::Device) -> Result<()> {
+    let refuse = |reason: String| {
+        Err(ModelError::UnsupportedDtype { model: model.to_owned(), dtype: dtype_name(dtype).to_owned(), reason })
+    };
+    match dtype {
+        FloatDType::F32 => Ok(()),
+        FloatDType::F16 | FloatDType::BF16 if !half => {
+            refuse("this family's model code computes float32 only (half precision: CogVideoX)".into())
+        }
+        FloatDType::F16 | FloatDType::BF16 if B::supports_dtype(device, dtype.into()) => Ok(()),
+        FloatDType::F16 | FloatDType::BF16 => refuse(format!(
+            "the backend has no {} arithmetic on this device (burn-ndarray: float32 and float64 only; WGSL: no \
+             bfloat16; on the CPU, burn-flex has both half precisions)",
+            dtype_name(dtype)
+        )),
+        FloatDType::F64 | FloatDType::Flex32 => refuse("the models compute float32 or half precision".into()),
+    }
+}
+
 /// Hands out weights under a name prefix, like candle's `VarBuilder`: `vb.pp("attn1").linear(...)`.
 pub struct VarBuilder<'a, B: Backend> {
     source: &'a mut WeightSource,
@@ -381,6 +444,16 @@ impl<'a, B: Backend> VarBuilder<'a, B> {
     /// Fetches a weight as a parameter, in PyTorch layout.
     pub fn param<const D: usize>(&mut self, name: &str, shape: [usize; D], init: Init) -> Result<Param<Tensor<B, D>>> {
         let t = self.host(name, &shape, init)?;
-        Ok(Param::initialized(ParamId::new(), t.to_tensor(self.device)))
+        Ok(Param::initialized(ParamId::new(), self.upload(&t)))
+    }
+
+    /// A weight fetched with [`VarBuilder::host`] (and rearranged there), on the device in the source's dtype.
+    pub fn upload<const D: usize>(&self, t: &HostTensor) -> Tensor<B, D> {
+        t.to_tensor_as(self.device, self.source.dtype)
+    }
+
+    /// The dtype weights are put on the device in ([`WeightSource::with_dtype`]).
+    pub fn dtype(&self) -> FloatDType {
+        self.source.dtype
     }
 }

@@ -5,15 +5,15 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use benches::backend::{self, Backend};
-use benches::parity::{expand_case_dirs, run_case_within};
-use burn::tensor::{Distribution, Tensor};
+use benches::parity::expand_case_dirs;
+use burn::tensor::{Distribution, FloatDType, Tensor};
 use cache_core::{Branch, CallContext, CfgOrder, Identity, StepContext};
 use clap::{Parser, Subcommand};
 use benches::bench::{add_comparison, svg_plot, table, BenchOptions};
 use cache_engines::CacheConfig;
 use models::weights::save_safetensors;
 use benches::video_model::{BenchModel, VideoModel};
-use models::{CogVideoXConfig, CogVideoXTransformer3DModel, ForwardInput, HostTensor, LatteConfig, WeightSource};
+use models::{CogVideoXConfig, CogVideoXTransformer3DModel, ForwardInput, HostTensor, LatteConfig, ModelBackend, WeightSource};
 
 #[derive(Parser)]
 #[command(name = "ditcache", about = "Training-free caching of diffusion transformers on burn", version)]
@@ -24,14 +24,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Replays parity cases written from diffusers; one JSON line per case, a summary on stderr; exit 1 if any fails.
+    /// Replays parity cases written from diffusers; one JSON line per case, a summary on stderr; exit 1 if any fails
+    /// (a case in a dtype this build cannot compute in is refused: counted apart, not a failure).
     Parity {
         /// Case directories, or directories of cases.
         #[arg(required = true)]
         cases: Vec<PathBuf>,
-        /// Hold every case to this rel_l2 where it is below the case's own tolerance (the format's 1e-3 for
-        /// a generation leaves room for TF32; a float32 backend is held to what it measures: `.ci/run`
-        /// passes 1e-5).
+        /// Hold every float32 case to this rel_l2 where it is below the case's own tolerance (the format's
+        /// 1e-3 for a generation leaves room for TF32; a float32 backend is held to what it measures: `.ci/run`
+        /// passes 1e-5). Half-precision cases keep their own, set from diffusers' measured spread.
         #[arg(long)]
         max_rel_l2: Option<f64>,
     },
@@ -57,6 +58,10 @@ enum Command {
         /// to compare the two paths.
         #[arg(long)]
         generic_ops: bool,
+        /// The compute dtype: `f32`, `bf16` or `f16` (diffusers' `torch_dtype`). Half precision runs on this
+        /// build's backend where it has the dtype (CUDA), on burn-flex in the ndarray build.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
     },
     /// The main job: times the uncached baseline and each strategy on one model and prints the table.
     Bench(BenchArgs),
@@ -771,9 +776,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Parity { cases, max_rel_l2 } => parity(&cases, max_rel_l2),
-        Command::Forward { preset: p, batch, repeats, seed, profile, generic_ops } => {
+        Command::Forward { preset: p, batch, repeats, seed, profile, generic_ops, dtype } => {
             models::ops::set_cpu_fast_path(!generic_ops);
-            forward(&p, batch, repeats, seed, profile)
+            match parse_dtype(&dtype) {
+                Ok(FloatDType::F32) => forward::<Backend>(&p, batch, repeats, seed, profile, FloatDType::F32, backend::NAME),
+                Ok(half) => forward::<backend::HalfBackend>(&p, batch, repeats, seed, profile, half, backend::HALF_NAME),
+                Err(e) => Err(e),
+            }
         }
         Command::ExportModel { preset: p, seed, out } => export(&p, seed, &out),
         Command::Bench(a) => bench(a),
@@ -794,12 +803,13 @@ fn parity(args: &[PathBuf], max_rel_l2: Option<f64>) -> Result<ExitCode, String>
     if let Some(m) = max_rel_l2.filter(|m| !(*m >= 0.0 && m.is_finite())) {
         return Err(format!("--max-rel-l2 must be a finite number of at least 0, got {m}"));
     }
-    let device = backend::device();
-    let (mut passed, mut failed) = (0, 0);
+    let (mut passed, mut failed, mut refused) = (0, 0, 0);
     for dir in expand_case_dirs(args) {
-        let report = run_case_within::<Backend>(&dir, &device, max_rel_l2);
+        let report = backend::replay(&dir, max_rel_l2);
         if report.pass {
             passed += 1;
+        } else if report.refused {
+            refused += 1;
         } else {
             failed += 1;
         }
@@ -809,13 +819,36 @@ fn parity(args: &[PathBuf], max_rel_l2: Option<f64>) -> Result<ExitCode, String>
     let floor = backend::TOLERANCE_FLOOR;
     let mut note = if floor > 0.0 { format!(" (tolerances below {floor:e}, this backend's precision floor, raised to it)") } else { String::new() };
     if let Some(m) = max_rel_l2 {
-        note.push_str(&format!(" (every case held to rel_l2 ≤ {m:e})"));
+        note.push_str(&format!(" (every float32 case held to rel_l2 ≤ {m:e})"));
+    }
+    if refused > 0 {
+        // A dtype this build cannot compute: reported apart, never run at another precision (each line's
+        // `error` names the dtype and what lacks it).
+        note.push_str(&format!("; {refused} refused (a dtype this backend or model family does not compute in)"));
     }
     eprintln!("parity on {}: {passed} passed, {failed} failed{note}", backend::NAME);
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn forward(p: &str, batch: usize, repeats: usize, seed: u64, profile: bool) -> Result<ExitCode, String> {
+/// `--dtype`: torch's short names and long names.
+fn parse_dtype(name: &str) -> Result<FloatDType, String> {
+    match name {
+        "f32" | "float32" => Ok(FloatDType::F32),
+        "bf16" | "bfloat16" => Ok(FloatDType::BF16),
+        "f16" | "float16" => Ok(FloatDType::F16),
+        other => Err(format!("--dtype {other:?}: expected f32, bf16 or f16")),
+    }
+}
+
+fn forward<B: ModelBackend>(
+    p: &str,
+    batch: usize,
+    repeats: usize,
+    seed: u64,
+    profile: bool,
+    dtype: FloatDType,
+    backend_name: &str,
+) -> Result<ExitCode, String> {
     if repeats == 0 {
         return Err("--repeats must be at least 1".into());
     }
@@ -826,16 +859,19 @@ fn forward(p: &str, batch: usize, repeats: usize, seed: u64, profile: bool) -> R
     let frames = cfg.latent_frames();
     let (h, w) = (cfg.sample_height, cfg.sample_width);
     check_input_size([1, frames, cfg.in_channels, h, w], [1, cfg.max_text_seq_length, cfg.text_embed_dim], batch)?;
-    let device = backend::device();
-    let model = CogVideoXTransformer3DModel::<Backend>::load(&cfg, &mut WeightSource::random(seed), &device)
+    backend::configure_kernel_caches();
+    let device = B::Device::default();
+    let model = CogVideoXTransformer3DModel::<B>::load(&cfg, &mut WeightSource::random(seed).with_dtype(dtype), &device)
         .map_err(|e| e.to_string())?;
     let positions = model.positions(frames, h, w, &device).map_err(|e| e.to_string())?;
-    let hidden = Tensor::<Backend, 5>::random([batch, frames, cfg.in_channels, h, w], Distribution::Normal(0.0, 1.0), &device);
-    let text = Tensor::<Backend, 3>::random(
+    let hidden = Tensor::<B, 5>::random([batch, frames, cfg.in_channels, h, w], Distribution::Normal(0.0, 1.0), &device)
+        .cast(dtype);
+    let text = Tensor::<B, 3>::random(
         [batch, cfg.max_text_seq_length, cfg.text_embed_dim],
         Distribution::Normal(0.0, 1.0),
         &device,
-    );
+    )
+    .cast(dtype);
     let branch = if batch == 2 { Branch::Cfg(CfgOrder::UncondFirst) } else { Branch::Unguided };
     let ctx = CallContext::new(StepContext { step: 0, num_steps: 1, timestep: 500.0, sigma: None }, branch, batch);
     let mut times = Vec::new();
@@ -860,10 +896,10 @@ fn forward(p: &str, batch: usize, repeats: usize, seed: u64, profile: bool) -> R
     println!(
         "{}",
         serde_json::json!({
-            "backend": backend::NAME, "preset": p, "batch": batch, "frames": frames, "height": h, "width": w,
-            "repeats": repeats, "median_s": median, "min_s": times[0],
+            "backend": backend_name, "dtype": models::weights::dtype_name(dtype), "preset": p, "batch": batch,
+            "frames": frames, "height": h, "width": w, "repeats": repeats, "median_s": median, "min_s": times[0],
             // Only ndarray has kernels of its own; every other backend runs the generic ops either way.
-            "ops_path": if backend::NAME == "ndarray" && models::ops::cpu_fast_path() { "cpu-kernels" } else { "generic" },
+            "ops_path": if backend_name == "ndarray" && models::ops::cpu_fast_path() { "cpu-kernels" } else { "generic" },
             "ops": ops,
         })
     );

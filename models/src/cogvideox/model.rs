@@ -6,8 +6,8 @@
 //! `attn1.to_out.0` is `attn1.to_out`, `ff.net.0.proj` is `ff.net_0_proj` and `ff.net.2` is `ff.net_2`.
 
 use burn::module::Module;
-use burn::tensor::activation::silu;
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use crate::ops::generic::silu;
+use burn::tensor::{backend::Backend, FloatDType, Tensor, TensorData};
 use cache_core::{
     attention_site, block_stack, module_site, step_signal, AttentionKind, AttentionSite, CacheStrategy, CallContext,
     HostInfo, JointStates, ModuleSite,
@@ -19,7 +19,7 @@ use crate::error::{ModelError, Result};
 use crate::input::{checked, denoiser_call, ForwardInput};
 use crate::nn::{FeedForward, LayerNorm, Linear, TimestepEmbedding};
 use crate::ops::ModelBackend;
-use crate::weights::{VarBuilder, WeightSource};
+use crate::weights::{HostTensor, VarBuilder, WeightSource};
 
 /// Positional information for one input size, computed once per generation
 /// ([`CogVideoXTransformer3DModel::positions`]) and passed to every forward.
@@ -305,8 +305,14 @@ pub struct CogVideoXTransformer3DModel<B: Backend> {
 impl<B: ModelBackend> CogVideoXTransformer3DModel<B> {
     /// Builds the model from a weight source (a checkpoint, or random weights from a seed), checking every
     /// weight's name and shape; a checkpoint with weights the model does not use is refused.
+    ///
+    /// The model computes in the source's dtype ([`WeightSource::with_dtype`]): float32, or bfloat16/float16 on a
+    /// backend that has them, as diffusers runs `from_pretrained(..., torch_dtype=...)` (the class keeps no
+    /// module in float32). Time and sin-cos position tables are built in float32 and rounded to it, as diffusers
+    /// casts them; rotary tables stay float32 and the rotation computes in float32 (`apply_rotary_emb`).
     pub fn load(config: &CogVideoXConfig, weights: &mut WeightSource, device: &B::Device) -> Result<Self> {
         config.validate()?;
+        crate::weights::check_dtype::<B>("CogVideoXTransformer3DModel", weights.dtype(), true, device)?;
         let mut vb = VarBuilder::new(weights, device);
         let cfg = config;
         let d = cfg.inner_dim();
@@ -337,8 +343,13 @@ impl<B: ModelBackend> CogVideoXTransformer3DModel<B> {
 
     /// Loads a diffusers model directory (`config.json` and its safetensors, single or sharded).
     pub fn from_pretrained(dir: &std::path::Path, device: &B::Device) -> Result<Self> {
+        Self::from_pretrained_as(dir, device, FloatDType::F32)
+    }
+
+    /// [`Self::from_pretrained`] computing in `dtype` (`torch_dtype`), see [`Self::load`].
+    pub fn from_pretrained_as(dir: &std::path::Path, device: &B::Device, dtype: FloatDType) -> Result<Self> {
         let config = CogVideoXConfig::from_json_file(&dir.join("config.json"))?;
-        let mut weights = WeightSource::from_model_dir(dir)?;
+        let mut weights = WeightSource::from_model_dir(dir)?.with_dtype(dtype);
         Self::load(&config, &mut weights, device)
     }
 
@@ -371,6 +382,11 @@ impl<B: ModelBackend> CogVideoXTransformer3DModel<B> {
         crate::host::block_shares(self.config.inner_dim(), tokens).1
     }
 
+    /// The dtype the model computes in (its weights').
+    pub fn dtype(&self) -> FloatDType {
+        self.proj_out.weight.val().dtype().into()
+    }
+
     /// Positional embeddings for latents of `frames × height × width` (latent frames, latent pixels):
     /// sin-cos tables as `CogVideoXPatchEmbed` builds them, or rotary tables as `CogVideoXPipeline` does.
     pub fn positions(&self, frames: usize, height: usize, width: usize, device: &B::Device) -> Result<Positions<B>> {
@@ -401,7 +417,8 @@ impl<B: ModelBackend> CogVideoXTransformer3DModel<B> {
                 cfg.spatial_interpolation_scale,
                 cfg.temporal_interpolation_scale,
             );
-            Ok(Positions::SinCos(Tensor::from_data(TensorData::new(table, [1, n, d]), device)))
+            let table = HostTensor { shape: vec![1, n, d], data: table };
+            Ok(Positions::SinCos(table.to_tensor_as(device, self.dtype())))
         }
     }
 
@@ -450,7 +467,7 @@ impl<B: ModelBackend> CogVideoXTransformer3DModel<B> {
 
         // 1. Time embedding
         let t_proj = embeddings::timestep_embedding(&input.timestep, d, cfg.flip_sin_to_cos, cfg.freq_shift as f32);
-        let t_proj = Tensor::<B, 2>::from_data(TensorData::new(t_proj, [b, d]), &device);
+        let t_proj = HostTensor { shape: vec![b, d], data: t_proj }.to_tensor_as::<B, 2>(&device, self.dtype());
         let temb = self.time_embedding.forward(t_proj);
 
         // 2. Patch embedding

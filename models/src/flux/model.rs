@@ -14,7 +14,7 @@
 //! attention over text and image tokens); module sites `ff`, `ff_context`, `proj_mlp`, `proj_out`.
 
 use burn::module::Module;
-use burn::tensor::activation::silu;
+use crate::ops::generic::silu;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use cache_core::{
     attention_site, block_stack, module_site, step_signal, AttentionKind, AttentionSite, BatchPlan, CacheStrategy,
@@ -507,6 +507,7 @@ impl<B: ModelBackend> FluxTransformer2DModel<B> {
     /// weight's name and shape; a checkpoint with weights the model does not use is refused.
     pub fn load(config: &FluxConfig, weights: &mut WeightSource, device: &B::Device) -> Result<Self> {
         config.validate()?;
+        crate::weights::check_dtype::<B>("FluxTransformer2DModel", weights.dtype(), false, device)?;
         let cfg = config;
         let d = cfg.inner_dim();
         let mut vb = VarBuilder::new(weights, device);

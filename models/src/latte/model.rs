@@ -265,6 +265,7 @@ impl<B: ModelBackend> LatteTransformer3DModel<B> {
     /// weight's name and shape; a checkpoint with weights the model does not use is refused.
     pub fn load(config: &LatteConfig, weights: &mut WeightSource, device: &B::Device) -> Result<Self> {
         config.validate()?;
+        crate::weights::check_dtype::<B>("LatteTransformer3DModel", weights.dtype(), false, device)?;
         let cfg = config;
         let mut vb = VarBuilder::new(weights, device);
         let d = cfg.inner_dim();

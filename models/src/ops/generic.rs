@@ -3,7 +3,23 @@
 
 use burn::tensor::module::attention as burn_attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, DType, FloatDType, Tensor};
+
+/// Runs `op` in float32 and rounds its result to `x`'s dtype once, as torch computes a half-precision
+/// activation, norm or rotation (float32 inside, one rounding per op) instead of rounding after every burn op
+/// of a composite; float32 input runs `op` as it is. Other float operands of `op` are cast by the caller.
+pub fn in_f32<B: Backend, const D: usize>(x: Tensor<B, D>, op: impl FnOnce(Tensor<B, D>) -> Tensor<B, D>) -> Tensor<B, D> {
+    let dtype = x.dtype();
+    if dtype == DType::F32 {
+        return op(x);
+    }
+    op(x.cast(FloatDType::F32)).cast(FloatDType::from(dtype))
+}
+
+/// `t` in float32 (no-op when it is).
+pub fn f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+    t.cast(FloatDType::F32)
+}
 
 /// burn's `linear`: `x W + b` with `W` as `[d_in, d_out]`.
 pub fn linear<B: Backend, const D: usize>(x: Tensor<B, D>, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Tensor<B, D> {
@@ -16,9 +32,16 @@ pub fn linear<B: Backend, const D: usize>(x: Tensor<B, D>, weight: Tensor<B, 2>,
 /// A true division, not `recip()`, which may be an approximate reciprocal on SIMD backends.
 pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     const TWO_SQRT_2_OVER_PI: f64 = 2.0 * 0.797_884_560_802_865_4;
-    let cube = x.clone() * x.clone() * x.clone();
-    let minus_2u = (cube * 0.044715 + x.clone()) * (-TWO_SQRT_2_OVER_PI);
-    x / (minus_2u.exp() + 1.0)
+    in_f32(x, |x| {
+        let cube = x.clone() * x.clone() * x.clone();
+        let minus_2u = (cube * 0.044715 + x.clone()) * (-TWO_SQRT_2_OVER_PI);
+        x / (minus_2u.exp() + 1.0)
+    })
+}
+
+/// SiLU, `x·sigmoid(x)` (in float32 for half-precision input: [`in_f32`]).
+pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    in_f32(x, burn::tensor::activation::silu)
 }
 
 /// `gelu_tanh(linear(x))`.
@@ -37,15 +60,17 @@ pub fn layer_norm<B: Backend, const D: usize>(
     bias: Option<Tensor<B, 1>>,
     eps: f64,
 ) -> Tensor<B, D> {
-    let (var, mean) = x.clone().var_mean_bias(D - 1);
-    let mut y = (x - mean) / (var + eps).sqrt();
-    if let Some(w) = weight {
-        y = y * w.unsqueeze();
-    }
-    if let Some(b) = bias {
-        y = y + b.unsqueeze();
-    }
-    y
+    in_f32(x, |x| {
+        let (var, mean) = x.clone().var_mean_bias(D - 1);
+        let mut y = (x - mean) / (var + eps).sqrt();
+        if let Some(w) = weight {
+            y = y * f32(w).unsqueeze();
+        }
+        if let Some(b) = bias {
+            y = y + f32(b).unsqueeze();
+        }
+        y
+    })
 }
 
 /// adaLN modulation of a LayerNorm: `layer_norm(x)·(1 + scale) + shift`.
@@ -103,21 +128,26 @@ pub fn attention_in_blocks<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tens
 /// RMSNorm over the last dimension (`torch.nn.RMSNorm` / diffusers' `RMSNorm` in float32):
 /// `x / √(mean(x²) + eps) · weight`. A true division, not `recip()`.
 pub fn rms_norm<B: Backend, const D: usize>(x: Tensor<B, D>, weight: Option<Tensor<B, 1>>, eps: f64) -> Tensor<B, D> {
-    let ms = x.clone().powi_scalar(2).mean_dim(D - 1);
-    let y = x / (ms + eps).sqrt();
-    match weight {
-        Some(w) => y * w.unsqueeze(),
-        None => y,
-    }
+    in_f32(x, |x| {
+        let ms = x.clone().powi_scalar(2).mean_dim(D - 1);
+        let y = x / (ms + eps).sqrt();
+        match weight {
+            Some(w) => y * f32(w).unsqueeze(),
+            None => y,
+        }
+    })
 }
 
 /// diffusers' `apply_rotary_emb(use_real=True, use_real_unbind_dim=-1)`: each pair `(x₀, x₁)` of the head
-/// dimension becomes `(x₀·cos − x₁·sin, x₁·cos + x₀·sin)`, with `cos`/`sin` repeated per pair.
+/// dimension becomes `(x₀·cos − x₁·sin, x₁·cos + x₀·sin)`, with `cos`/`sin` repeated per pair. Half-precision
+/// `x` rotates in float32 and rounds once (`x.float() * cos ... .to(x.dtype)`).
 pub fn rotary<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>) -> Tensor<B, 4> {
     let [b, h, l, hd] = x.dims();
-    let pairs = x.clone().reshape([b, h, l, hd / 2, 2]);
-    let real = pairs.clone().narrow(4, 0, 1);
-    let imag = pairs.narrow(4, 1, 1);
-    let rotated = Tensor::cat(vec![imag.neg(), real], 4).reshape([b, h, l, hd]);
-    x * cos + rotated * sin
+    in_f32(x, |x| {
+        let pairs = x.clone().reshape([b, h, l, hd / 2, 2]);
+        let real = pairs.clone().narrow(4, 0, 1);
+        let imag = pairs.narrow(4, 1, 1);
+        let rotated = Tensor::cat(vec![imag.neg(), real], 4).reshape([b, h, l, hd]);
+        x * f32(cos) + rotated * f32(sin)
+    })
 }

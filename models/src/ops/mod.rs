@@ -13,6 +13,8 @@
 pub mod generic;
 #[cfg(feature = "ndarray")]
 mod cpu;
+#[cfg(feature = "flex")]
+mod flex;
 pub mod profile;
 
 use std::sync::atomic::{AtomicBool, Ordering};

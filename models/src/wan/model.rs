@@ -17,7 +17,7 @@
 //! `blocks.{i}.ffn`. No step signal yet (TeaCache4Wan2.1's rule is not ported; TeaCache refuses the host).
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::silu;
+use crate::ops::generic::silu;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use cache_core::{
     attention_site, block_stack, input_latents, module_site, step_signal_named, AttentionKind, AttentionSite, CacheStrategy,
@@ -274,6 +274,7 @@ impl<B: ModelBackend> WanTransformer3DModel<B> {
     /// weight's name and shape; a checkpoint with weights the model does not use is refused.
     pub fn load(config: &WanConfig, weights: &mut WeightSource, device: &B::Device) -> Result<Self> {
         config.validate()?;
+        crate::weights::check_dtype::<B>("WanTransformer3DModel", weights.dtype(), false, device)?;
         let cfg = config;
         let d = cfg.inner_dim();
         let [pt, ph, pw] = cfg.patch_size;
@@ -283,7 +284,7 @@ impl<B: ModelBackend> WanTransformer3DModel<B> {
             let mut pe = vb.pp("patch_embedding");
             let bound = 1.0 / (patch_in as f64).sqrt();
             let w = pe.host("weight", &[d, cfg.in_channels, pt, ph, pw], Init::Uniform(bound))?;
-            let weight: Tensor<B, 2> = w.reshaped(&[d, patch_in]).transposed().to_tensor(device);
+            let weight: Tensor<B, 2> = pe.upload(&w.reshaped(&[d, patch_in]).transposed());
             Linear { weight: Param::from_tensor(weight), bias: Some(pe.param("bias", [d], Init::Uniform(bound))?) }
         };
         let condition_embedder = ConditionEmbedder::load(&mut vb, cfg)?;
