@@ -82,21 +82,18 @@ pub use chosen::{HalfBackend, HALF_NAME};
 /// the backend.
 pub fn replay(dir: &std::path::Path, max_rel_l2: Option<f64>) -> crate::parity::CaseReport {
     use crate::parity::{case_dtype, run_case_within, CaseDtype};
-    let mut report = match case_dtype(dir) {
-        CaseDtype::Float32 => run_case_within::<Backend>(dir, &device(), max_rel_l2),
+    let (mut report, name) = match case_dtype(dir) {
+        CaseDtype::Float32 => (run_case_within::<Backend>(dir, &device(), max_rel_l2), NAME),
         CaseDtype::BFloat16 | CaseDtype::Float16 => {
-            let half = device_of::<HalfBackend>();
-            let mut r = run_case_within::<HalfBackend>(dir, &half, max_rel_l2);
-            r.backend = Some(HALF_NAME);
-            return r;
+            (run_case_within::<HalfBackend>(dir, &device_of::<HalfBackend>(), max_rel_l2), HALF_NAME)
         }
     };
-    report.backend = Some(NAME);
+    report.backend = Some(name);
     report
 }
 
-/// The default device of backend `B`, after [`configure_kernel_caches`].
-fn device_of<B: burn::tensor::backend::Backend>() -> B::Device {
+/// The default device of backend `B` (this build's, or [`HalfBackend`]), after [`configure_kernel_caches`].
+pub fn device_of<B: burn::tensor::backend::Backend>() -> B::Device {
     configure_kernel_caches();
     Default::default()
 }
@@ -115,8 +112,7 @@ pub fn kernel_cache_dir() -> std::path::PathBuf {
 /// The default device of the backend; on wgpu and CUDA, first points cubecl's caches at
 /// [`kernel_cache_dir`] ([`configure_kernel_caches`]).
 pub fn device() -> burn::tensor::Device<Backend> {
-    configure_kernel_caches();
-    Default::default()
+    device_of::<Backend>()
 }
 
 /// cubecl 0.10 compiles every kernel again in every process unless its `compilation.cache` is set (off by

@@ -90,11 +90,7 @@ impl CaseDtype {
 
     /// torch's name.
     pub fn name(self) -> &'static str {
-        match self {
-            Self::Float32 => "float32",
-            Self::BFloat16 => "bfloat16",
-            Self::Float16 => "float16",
-        }
+        models::weights::dtype_name(self.float_dtype())
     }
 }
 
@@ -261,10 +257,6 @@ fn try_run_case<B: ModelBackend>(dir: &Path, device: &B::Device) -> Result<Outco
     let spec = read_spec(dir)?;
     let tolerance = spec.tolerance.rel_l2;
     let dtype = computed_dtype(&spec)?;
-    if let (Some(_), CaseDtype::BFloat16 | CaseDtype::Float16) = (spec.family.as_deref(), dtype) {
-        // FLUX and Wan load float32 models: refused before this ([`refusal`]), never computed in float32.
-        return Err(format!("the {} family computes float32 only", spec.family.as_deref().unwrap_or("")));
-    }
     match spec.family.as_deref() {
         None => {}
         Some("flux") => {
@@ -312,7 +304,7 @@ pub(crate) fn tensor<B: ModelBackend, const D: usize>(
     name: &str,
     device: &B::Device,
 ) -> Result<burn::tensor::Tensor<B, D>, String> {
-    take(tensors, name)?.try_to_tensor::<B, D>(name, device).map_err(|e| format!("case.safetensors: {e}"))
+    tensor_as(tensors, name, device, FloatDType::F32)
 }
 
 /// [`tensor`] as `dtype`, rounded on the host as torch's `.to(dtype)` rounds (`parity-cases-half.md`: inputs are

@@ -51,7 +51,7 @@ impl<B: ModelBackend> VideoModel<B> {
         let config_path = transformer.join("config.json");
         let scheduler_path = dir.join("scheduler").join("scheduler_config.json");
         let has_scheduler = scheduler_path.exists();
-        Self::check_dtype(dir, device, dtype)?;
+        Self::check_class_dtype(&class, device, dtype)?;
         match class.as_str() {
             "CogVideoXTransformer3DModel" => {
                 let model = CogVideoXTransformer3DModel::from_pretrained_as(&transformer, device, dtype)?;
@@ -82,7 +82,12 @@ impl<B: ModelBackend> VideoModel<B> {
     /// [`ModelError::UnsupportedDtype`] says which is missing.
     pub fn check_dtype(dir: &Path, device: &B::Device, dtype: FloatDType) -> Result<()> {
         let (_, class) = Self::class_of(dir)?;
-        crate::weights::check_dtype::<B>(&class, dtype, class == "CogVideoXTransformer3DModel", device)
+        Self::check_class_dtype(&class, device, dtype)
+    }
+
+    /// [`Self::check_dtype`] for a model class already read.
+    fn check_class_dtype(class: &str, device: &B::Device, dtype: FloatDType) -> Result<()> {
+        crate::weights::check_dtype::<B>(class, dtype, class == "CogVideoXTransformer3DModel", device)
     }
 
     /// The transformer directory of `dir` and the `_class_name` of its config (CogVideoX when absent).

@@ -859,8 +859,7 @@ fn forward<B: ModelBackend>(
     let frames = cfg.latent_frames();
     let (h, w) = (cfg.sample_height, cfg.sample_width);
     check_input_size([1, frames, cfg.in_channels, h, w], [1, cfg.max_text_seq_length, cfg.text_embed_dim], batch)?;
-    backend::configure_kernel_caches();
-    let device = B::Device::default();
+    let device = backend::device_of::<B>();
     let model = CogVideoXTransformer3DModel::<B>::load(&cfg, &mut WeightSource::random(seed).with_dtype(dtype), &device)
         .map_err(|e| e.to_string())?;
     let positions = model.positions(frames, h, w, &device).map_err(|e| e.to_string())?;
